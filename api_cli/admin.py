@@ -1,0 +1,68 @@
+"""Running cifarq itself: migrations, workers, the reaper."""
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated, Optional
+
+import typer
+
+from api_cli.output import say
+from shared.errors import CifarqError
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+
+
+@db_app.command()
+def upgrade() -> None:
+    """Apply Alembic migrations up to the newest (safe to run again).
+
+    Example: cifarq db upgrade
+    """
+    from shared.db import upgrade as run_upgrade
+    from shared.settings import get_settings, redact_url
+
+    revision = run_upgrade()
+    say(f"database {redact_url(get_settings().database)} is at revision {revision}")
+
+
+def _need_worker_extra() -> None:
+    if importlib.util.find_spec("torch") is None:
+        raise CifarqError("this is a client install without torch: pip install 'cifarq[worker]' to run a worker")
+
+
+def worker(
+    queues: Annotated[Optional[str], typer.Option(
+        help="Comma-separated queues. Default: default plus gpu (with CUDA) or cpu (without).")] = None,
+    gpu: Annotated[str, typer.Option(help="auto (every GPU it sees), none (CPU only), or a GPU index.")] = "auto",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for this machine's device: one job at a time, a fresh process per job.
+
+    Example: cifarq worker --gpu 0
+    """
+    _need_worker_extra()
+    if gpu not in ("auto", "none") and not gpu.isdigit():
+        raise CifarqError(f"invalid --gpu {gpu!r}: must be auto, none or a GPU index")
+    from worker.launcher import run_worker
+
+    raise typer.Exit(run_worker(queues=[q for q in (queues or "").split(",") if q] or None, gpu=gpu, loglevel=loglevel))
+
+
+def beat(
+    interval: Annotated[float, typer.Option(help="Seconds between rounds.", min=1)] = 15.0,
+) -> None:
+    """Periodic work: re-queue jobs whose worker stopped sending heartbeats.
+
+    Example: cifarq beat
+    """
+    import logging
+
+    from worker.reaper import run_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_forever(interval)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+    app.command()(beat)

@@ -1,0 +1,71 @@
+"""`cifarq checkpoint list|export`: checkpoints are stored in the database; export writes a file."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api_cli.options import JobIdArg, JsonOption
+from api_cli.output import print_json, print_table, say
+from api_cli.submit_cmd import parse_checkpoint_ref
+from shared.errors import CifarqError
+
+app = typer.Typer(help="List and export stored checkpoints.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_checkpoints(job_id: JobIdArg, json_output: JsonOption = False) -> None:
+    """Checkpoints of a job, one per finished epoch.
+
+    Example: cifarq checkpoint list 3f2a9c1e
+    """
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.jobs import get_job
+    from shared.models import Checkpoint
+
+    with session_scope() as session:
+        job = get_job(session=session, job_id=job_id)
+        rows = [{"id": c.id, "job_id": c.job_id, "epoch": c.epoch, "size": c.size, "sha256": c.sha256,
+                 "created_at": c.created_at.isoformat()}
+                for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.epoch))]
+    if json_output:
+        print_json(rows)
+    else:
+        print_table(["epoch", "size", "sha256", "created"], [(r["epoch"], r["size"], r["sha256"][:16], r["created_at"][:19]) for r in rows])
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(metavar="JOB[:EPOCH]", help="A job's checkpoint; its latest without :EPOCH.")],
+    file: Annotated[Path, typer.Argument(help="Where to write the .pt file.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Write a checkpoint's weights as a .pt file: `net.load_state_dict(torch.load(FILE))` loads it into the tutorial's Net.
+
+    Example: cifarq checkpoint export 3f2a9c1e:2 cifar_net.pth
+    """
+    from shared.db import session_scope
+    from shared.jobs import find_checkpoint
+
+    job_id, epoch = parse_checkpoint_ref(ref)
+    if file.exists() and not force:
+        raise CifarqError(f"{file} exists; pass --force to overwrite it")
+    with session_scope() as session:
+        checkpoint = find_checkpoint(session=session, job_id=job_id, epoch=epoch)
+        data, expected, epoch, job_id = checkpoint.weights, checkpoint.sha256, checkpoint.epoch, checkpoint.job_id
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CifarqError(f"checkpoint of job {job_id} after epoch {epoch} is corrupt: sha256 mismatch")
+    # Written beside the target and renamed: a failed export never leaves half a file.
+    directory = file.resolve().parent
+    if not directory.is_dir():
+        raise CifarqError(f"directory {directory} does not exist")
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{file.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, file)
+    say(f"wrote {file} ({len(data)} bytes, job {job_id}, epoch {epoch}, sha256 {expected[:16]}...)")

@@ -1,0 +1,183 @@
+"""Reading jobs: status, wait, results, list, logs; and cancel."""
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from api_cli.options import JobIdArg, JsonOption
+from api_cli.output import print_json, print_table, say
+from shared.states import JobKind, JobStatus
+
+POLL_SECONDS = 0.5
+
+
+def register(app: typer.Typer) -> None:
+    for command in (status, wait, results, list_, logs, cancel):
+        app.command(name=command.__name__.rstrip("_"))(command)
+
+
+def _load(job_id: str) -> dict:
+    from shared.db import session_scope
+    from shared.jobs import get_job, job_to_dict
+
+    with session_scope() as session:
+        return job_to_dict(get_job(session=session, job_id=job_id))
+
+
+def _progress_line(job: dict) -> str:
+    p = job["progress"]
+    parts = [job["status"]]
+    if job["kind"] == "train" and p["epochs"]:
+        # progress.epoch counts finished epochs; while one is under way, show the one running.
+        in_epoch = job["status"] == "running" and p["steps_per_epoch"] and p["step"] < p["steps_per_epoch"]
+        parts.append(f"epoch {p['epoch'] + (1 if in_epoch else 0)}/{p['epochs']}")
+        if p["steps_per_epoch"]:
+            parts.append(f"step {p['step']}/{p['steps_per_epoch']}")
+    if p["loss"] is not None:
+        parts.append(f"loss {p['loss']:.3f}")
+    if job["metrics"]["test_accuracy"] is not None:
+        parts.append(f"test accuracy {100 * job['metrics']['test_accuracy']:.1f}%")
+    return ", ".join(parts)
+
+
+def status(job_id: JobIdArg, json_output: JsonOption = False) -> None:
+    """State, progress and metrics of a job, from the database (no worker needed).
+
+    Example: cifarq status 3f2a9c1e --json
+    """
+    job = _load(job_id)
+    if json_output:
+        print_json(job)
+        return
+    rows = [("id", job["id"]), ("kind", job["kind"]), ("status", _progress_line(job)),
+            ("device", job["device"] or "-"), ("worker", job["worker"] or "-"), ("attempts", job["attempts"]),
+            ("params", " ".join(f"{k}={v}" for k, v in job["params"].items() if v is not None)),
+            ("created", job["created_at"]), ("finished", job["finished_at"] or "-")]
+    if job["error"]:
+        rows.append(("error", job["error"]))
+    for key, value in rows:
+        typer.echo(f"{key:9s} {value}")
+
+
+def wait(
+    job_id: JobIdArg,
+    timeout: Annotated[Optional[float], typer.Option(help="Give up after this many seconds (exit 2).", min=0)] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Block until the job ends: exit 0 if it succeeded, 1 if it failed or was cancelled, 2 on timeout.
+
+    Example: cifarq wait 3f2a9c1e --timeout 600
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_line = None
+    while True:
+        job = _load(job_id)
+        line = _progress_line(job)
+        if line != last_line:
+            say(f"{job['id']}: {line}")
+            last_line = line
+        if JobStatus(job["status"]).is_final:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            if json_output:
+                print_json(job)
+            say(f"timed out after {timeout:g} s; the job is still {job['status']}")
+            raise typer.Exit(2)
+        time.sleep(POLL_SECONDS)
+    if json_output:
+        print_json(job)
+    if job["status"] != JobStatus.succeeded.value:
+        if job["error"]:
+            say(f"{job['status']}: {job['error']}")
+        raise typer.Exit(1)
+
+
+def results(job_id: JobIdArg, json_output: JsonOption = False) -> None:
+    """Test accuracy, and per class, with the confusion matrix in --json.
+
+    Example: cifarq results 3f2a9c1e
+    """
+    from shared.db import session_scope
+    from shared.jobs import get_job, get_result, result_to_dict
+
+    with session_scope() as session:
+        job = get_job(session=session, job_id=job_id)
+        data = result_to_dict(get_result(session=session, job=job))
+    if json_output:
+        print_json(data)
+        return
+    typer.echo(f"Accuracy of the network on the {data['total']} test images: {100 * data['accuracy']:.1f} %")
+    print_table(["class", "correct", "total", "accuracy"],
+                [(row["class"], row["correct"], row["total"], f"{100 * row['accuracy']:.1f} %")
+                 for row in data["per_class"]])
+
+
+def list_(
+    status: Annotated[Optional[JobStatus], typer.Option(help="Only jobs in this state.")] = None,
+    kind: Annotated[Optional[JobKind], typer.Option(help="Only jobs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many jobs.", min=1, max=100000)] = 20,
+    json_output: JsonOption = False,
+) -> None:
+    """Jobs, newest first.
+
+    Example: cifarq list --status running --json
+    """
+    from shared.db import session_scope
+    from shared.jobs import job_to_dict, list_jobs
+
+    with session_scope() as session:
+        jobs = [job_to_dict(job) for job in list_jobs(session=session, status=status, kind=kind, limit=limit)]
+    if json_output:
+        print_json(jobs)
+        return
+    print_table(["id", "kind", "status", "progress", "accuracy", "created"],
+                [(j["id"], j["kind"], j["status"],
+                  f"{j['progress']['epoch']}/{j['progress']['epochs']}" if j["kind"] == "train" else "",
+                  f"{100 * j['metrics']['test_accuracy']:.1f}%" if j["metrics"]["test_accuracy"] is not None else "",
+                  j["created_at"][:19]) for j in jobs])
+
+
+def logs(
+    job_id: JobIdArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")] = False,
+) -> None:
+    """The training log of a job (the tutorial's loss lines, epochs, accuracy).
+
+    Example: cifarq logs 3f2a9c1e --follow
+    """
+    from shared.db import session_scope
+    from shared.jobs import get_job, log_lines_after
+
+    after = 0
+    while True:
+        with session_scope() as session:
+            job = get_job(session=session, job_id=job_id)
+            final = job.status.is_final
+            lines = log_lines_after(session=session, job_id=job.id, after_id=after)
+        for line in lines:
+            typer.echo(line.line)
+            after = line.id
+        if not follow or (final and not lines):
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def cancel(job_id: JobIdArg, json_output: JsonOption = False) -> None:
+    """Cancel a job: a queued one never runs, a running one stops at its next safe point.
+
+    Example: cifarq cancel 3f2a9c1e
+    """
+    from shared.db import session_scope
+    from shared.jobs import get_job, job_to_dict, request_cancel
+
+    with session_scope() as session:
+        job = request_cancel(session=session, job=get_job(session=session, job_id=job_id))
+        data = job_to_dict(job)
+    if json_output:
+        print_json(data)
+    elif data["status"] == JobStatus.cancelled.value:
+        say(f"{data['id']}: cancelled")
+    else:
+        say(f"{data['id']}: cancel requested; it stops at its next safe point")

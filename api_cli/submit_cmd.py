@@ -1,0 +1,139 @@
+"""`cifarq submit train|evaluate`: validate, write the job row, then send the message."""
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from api_cli.options import JsonOption
+from api_cli.output import print_json, say
+from shared.errors import CifarqError
+from shared.jobspec import EvaluateConfig, TrainConfig, parse_config
+from shared.states import JobKind, JobStatus
+
+app = typer.Typer(help="Put a train or evaluate job on the queue.", no_args_is_help=True)
+
+MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+_train = TrainConfig.model_fields
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when the worker has it, else the CPU), cpu, cuda or cuda:N.")]
+QueueOption = Annotated[Optional[str], typer.Option(
+    help="Queue to send to. Default follows --device: cuda -> gpu, cpu -> cpu, auto -> default.")]
+
+
+@app.command()
+def train(
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = _train["epochs"].default,
+    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = _train["batch_size"].default,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = _train["lr"].default,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = _train["momentum"].default,
+    width: Annotated[int, typer.Option(help="Channels of the first conv (the tutorial's exercise).")] = _train["width"].default,
+    seed: Annotated[int, typer.Option(help="Seeds the weights and the shuffling.")] = _train["seed"].default,
+    log_every: Annotated[int, typer.Option(help="Mini-batches between log lines.")] = _train["log_every"].default,
+    device: DeviceOption = "auto",
+    queue: QueueOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train the tutorial's Net on CIFAR-10, then evaluate it on the test set.
+
+    Example: cifarq submit train --epochs 2 --json
+    """
+    config = parse_config(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                                            width=width, seed=seed, log_every=log_every, device=device))
+    job_id = submit(JobKind.train, config, queue)
+    _report(job_id, json_output)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="JOB[:EPOCH]: a train job's checkpoint (its latest when no epoch is given).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="A state dict saved as the tutorial does: torch.save(net.state_dict(), PATH).")] = None,
+    device: DeviceOption = "auto",
+    queue: QueueOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Test-set accuracy, per class, of a stored checkpoint or of a weights file.
+
+    Example: cifarq submit evaluate --checkpoint 3f2a9c1e:2
+    """
+    if (checkpoint is None) == (weights is None):
+        raise CifarqError("give exactly one of --checkpoint JOB[:EPOCH] or --weights FILE")
+    if checkpoint is not None:
+        from shared.db import session_scope
+        from shared.jobs import find_checkpoint
+
+        source_job, epoch = parse_checkpoint_ref(checkpoint)
+        with session_scope() as session:
+            found = find_checkpoint(session=session, job_id=source_job, epoch=epoch)
+            config = parse_config(EvaluateConfig, dict(source_job=found.job_id, source_epoch=found.epoch, device=device))
+        job_id = submit(JobKind.evaluate, config, queue)
+    else:
+        data = read_weights_file(weights)
+        config = parse_config(EvaluateConfig, dict(weights_file=weights.name, device=device))
+        job_id = submit(JobKind.evaluate, config, queue, upload=data)
+    _report(job_id, json_output)
+
+
+def parse_checkpoint_ref(ref: str) -> tuple[str, Optional[int]]:
+    job_id, _, epoch = ref.partition(":")
+    if not job_id:
+        raise CifarqError(f"invalid --checkpoint {ref!r}: expected JOB or JOB:EPOCH")
+    if not epoch:
+        return job_id, None
+    if not epoch.isdigit():
+        raise CifarqError(f"invalid --checkpoint {ref!r}: EPOCH must be a whole number")
+    return job_id, int(epoch)
+
+
+def read_weights_file(path: Path) -> bytes:
+    """The checks a client can make without torch; the worker loads it weights-only."""
+    if not path.is_file():
+        raise CifarqError(f"weights file {path} does not exist")
+    size = path.stat().st_size
+    if size == 0 or size > MAX_WEIGHTS_BYTES:
+        raise CifarqError(f"weights file {path} is {size} bytes: not a state dict of the tutorial's Net")
+    if not zipfile.is_zipfile(path):
+        raise CifarqError(f"weights file {path} is not a file written by torch.save (not a zip archive)")
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+        if bad is not None or not any(name.endswith("/data.pkl") for name in archive.namelist()):
+            raise CifarqError(f"weights file {path} is truncated or not written by torch.save")
+    return path.read_bytes()
+
+
+def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[bytes] = None) -> str:
+    """The job row is written (status queued) before the message is sent (DESIGN.md, decision 1)."""
+    from shared.celery_app import queue_for_device, send_job
+    from shared.db import session_scope
+    from shared.jobs import create_job, delete_job
+    from shared.models import Checkpoint
+    from shared.settings import get_settings, redact_url
+
+    queue = queue or queue_for_device(config.device)
+    with session_scope() as session:
+        job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue)
+        if upload is not None:
+            session.add(Checkpoint(job_id=job.id, epoch=0, weights=upload, size=len(upload),
+                                   sha256=hashlib.sha256(upload).hexdigest(), config={"source": "upload"}))
+        job_id = job.id
+    try:
+        send_job(job_id, queue)
+    except Exception as exc:
+        # Nothing was queued: take the row back, so that nothing half-done is left behind.
+        with session_scope() as session:
+            delete_job(session=session, job_id=job_id)
+        broker = redact_url(get_settings().broker)
+        raise CifarqError(f"broker unreachable at {broker}: {exc}; nothing was queued") from exc
+    return job_id
+
+
+def _report(job_id: str, json_output: bool) -> None:
+    if json_output:
+        print_json({"id": job_id, "status": JobStatus.queued.value})
+    else:
+        typer.echo(job_id)
+        say(f"queued; follow it with: cifarq wait {job_id}")

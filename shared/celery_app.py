@@ -1,0 +1,90 @@
+"""The Celery app both sides share. The CLI sends tasks by name; it never imports worker code.
+
+Celery is only the transport: the database holds every job's state (DESIGN.md, decision 1),
+so there is no result backend.
+"""
+from __future__ import annotations
+
+import functools
+
+from celery import Celery
+from kombu import Queue
+
+from shared.settings import get_settings
+
+RUN_JOB_TASK = "cifarq.run_job"
+REQUEUE_TASK = "cifarq.requeue_stale_jobs"
+
+DEFAULT_QUEUE = "default"  # device "auto": every worker consumes it
+GPU_QUEUE = "gpu"  # device "cuda[:N]": only workers that have CUDA
+CPU_QUEUE = "cpu"  # device "cpu": only workers without CUDA
+
+
+def queue_for_device(device: str) -> str:
+    if device == "auto":
+        return DEFAULT_QUEUE
+    return CPU_QUEUE if device == "cpu" else GPU_QUEUE
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("cifarq", broker=settings.broker, set_as_current=True)
+    transport_options: dict = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.broker_is_embedded:
+        # The serverless broker: messages are files under CIFARQ_HOME/broker.
+        folders = {
+            "data_folder_in": settings.broker_dir / "messages",
+            "data_folder_out": settings.broker_dir / "messages",
+            "control_folder": settings.broker_dir / "control",
+            "processed_folder": settings.broker_dir / "processed",
+        }
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        transport_options.update({key: str(value) for key, value in folders.items()})
+        transport_options["polling_interval"] = 0.2
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=[Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE), Queue(CPU_QUEUE)],
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        # At-least-once delivery; every task is idempotent (DESIGN.md, decision 4).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # A fresh child per job gets a fresh CUDA context and gives all memory back.
+        worker_max_tasks_per_child=1,
+        worker_concurrency=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "requeue-stale-jobs": {"task": REQUEUE_TASK, "schedule": 15.0, "options": {"queue": DEFAULT_QUEUE}},
+        },
+    )
+    return app
+
+
+@functools.cache
+def get_app() -> Celery:
+    return make_app()
+
+
+def send_job(job_id: str, queue: str) -> None:
+    """Publish one job message. Fails fast (no endless retry) when the broker is down."""
+    get_app().send_task(
+        RUN_JOB_TASK,
+        args=[job_id],
+        queue=queue,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+    )
+
+
+def __getattr__(name: str):
+    # `celery -A shared.celery_app:app worker|beat|flower` finds the app without an import-time side effect.
+    if name == "app":
+        return get_app()
+    raise AttributeError(name)

@@ -1,0 +1,125 @@
+"""Engine and sessions. Callers own their sessions: `with session_scope() as session: ...`.
+
+The engine is made once per process. A Celery prefork child must not reuse the parent's
+pooled connections, so the worker calls `reset_after_fork()` in each new child.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import CifarqError
+from shared.settings import get_settings, redact_url
+
+# The newest migration; a test checks it against Alembic's head.
+HEAD_REVISION = "0001"
+
+
+@functools.cache
+def get_engine() -> Engine:
+    url = make_url(get_settings().database)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            # WAL lets the CLI read while a worker writes; foreign keys are off by default.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        _migrate_sqlite_if_needed(engine)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        _check_schema(engine)
+    return engine
+
+
+@functools.cache
+def _sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One short transaction: committed on success, rolled back on error."""
+    with _sessionmaker().begin() as session:
+        yield session
+
+
+def reset_after_fork() -> None:
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as exc:
+        if "alembic_version" in str(exc):
+            return None
+        raise
+
+
+def _check_schema(engine: Engine) -> None:
+    try:
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        raise CifarqError(
+            f"database unreachable at {redact_url(str(engine.url))}: {_first_line(exc.orig)}"
+        ) from exc
+    if revision != HEAD_REVISION:
+        raise CifarqError(
+            f"database schema is at {revision or 'nothing'}, not {HEAD_REVISION}: run `cifarq db upgrade`"
+        )
+
+
+def _migrate_sqlite_if_needed(engine: Engine) -> None:
+    """The embedded default migrates itself on first use, under a file lock."""
+    if current_revision(engine) == HEAD_REVISION:
+        return
+    lock_path = Path(engine.url.database or "cifarq").with_suffix(".migrate.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current_revision(engine) != HEAD_REVISION:
+            upgrade(engine)
+
+
+def upgrade(engine: Engine | None = None) -> str:
+    """Alembic migrations to head; returns the revision. Safe to run again."""
+    from alembic import command
+    from alembic.config import Config
+
+    migrations = Path(__file__).parent / "migrations"
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    engine = engine or get_engine_unchecked()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return current_revision(engine) or ""
+
+
+def get_engine_unchecked() -> Engine:
+    """An engine for `db upgrade` itself, which must work before the schema exists."""
+    url = make_url(get_settings().database)
+    if url.get_backend_name() == "sqlite":
+        return get_engine()
+    return create_engine(url, connect_args={"connect_timeout": 5})
+
+
+def _first_line(exc: BaseException | None) -> str:
+    return str(exc).strip().splitlines()[0] if exc and str(exc).strip() else type(exc).__name__

@@ -1,0 +1,58 @@
+"""One config object per job: validated before any row is written, stored as JSON on the
+job row and inside every checkpoint, and read back by the worker."""
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import CifarqError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})$")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+
+class TrainConfig(_Config):
+    """The tutorial's recipe by default (DESIGN.md, decision 9)."""
+
+    recipe: Literal["tutorial"] = "tutorial"
+    epochs: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(4, ge=1, le=65536)
+    lr: float = Field(0.001, gt=0, le=100, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
+    width: int = Field(6, ge=1, le=1024)  # channels of the first conv = input of the second
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    log_every: int = Field(2000, ge=1)  # mini-batches between the tutorial's log lines
+
+
+class EvaluateConfig(_Config):
+    """Test-set evaluation of a stored checkpoint or of an uploaded state dict."""
+
+    source_job: Optional[str] = None  # a train job whose checkpoint is evaluated
+    source_epoch: Optional[int] = Field(None, ge=0)  # None: its latest
+    weights_file: Optional[str] = None  # name of the uploaded file, for the record
+    batch_size: int = Field(1000, ge=1, le=65536)
+
+
+def parse_config(cls: type[_Config], values: dict) -> _Config:
+    """Validate, turning pydantic's report into one line that names the flag."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "value"
+        message = first["msg"].removeprefix("Value error, ")
+        raise CifarqError(f"invalid --{field.replace('_', '-')} {values.get(field)!r}: {message}") from None

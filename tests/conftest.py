@@ -1,0 +1,136 @@
+"""Fixtures that use the real thing: PostgreSQL and Redis on this machine, the embedded SQLite +
+filesystem broker, `cifarq` run as a subprocess, and real `cifarq worker` processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fakedata import write_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("CIFARQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("CIFARQ_TEST_REDIS", "redis://127.0.0.1:6379")
+BACKENDS = ["sqlite", "postgres"]
+
+
+@dataclass
+class Env:
+    """One cifarq installation: its environment, and helpers to run the CLI against it."""
+
+    vars: dict[str, str]
+    home: Path
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120, extra_env: dict | None = None,
+            ) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "api_cli.main", *args], capture_output=True, text=True,
+                                env={**self.vars, **(extra_env or {})}, cwd=REPO, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"cifarq {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def cli_json(self, *args: str, **kwargs):
+        return json.loads(self.cli(*args, "--json", **kwargs).stdout)
+
+    def submit_train(self, *flags: str) -> str:
+        return self.cli_json("submit", "train", *flags)["id"]
+
+    def start_worker(self, *flags: str, name: str = "worker") -> subprocess.Popen:
+        log = open(self.home / f"{name}-{len(self.workers)}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "api_cli.main", "worker", *flags], env=self.vars, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log_path = Path(log.name)
+        self.workers.append(proc)
+        deadline = time.monotonic() + 60
+        while "ready." not in proc.log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{proc.log_path.read_text()}")
+            time.sleep(0.2)
+        return proc
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.workers.clear()
+
+
+def _base_env(home: Path, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARQ_")}
+    env.update(CIFARQ_HOME=str(home), CIFARQ_DATA_DIR=str(data_dir), CIFARQ_HEARTBEAT_SECONDS="0.5",
+               PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def small_cifar(tmp_path_factory) -> Path:
+    """200 training and 100 test images in the official layout."""
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+def make_postgres_database() -> str:
+    import psycopg
+
+    name = f"cifarq_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_env(backend: str, home: Path, data_dir: Path) -> tuple[Env, callable]:
+    home.mkdir(parents=True, exist_ok=True)
+    env = Env(_base_env(home, data_dir), home)
+    if backend == "sqlite":
+        return env, lambda: None  # the embedded default: SQLite + filesystem broker under CIFARQ_HOME
+    import redis
+
+    database = make_postgres_database()
+    # Each environment gets its own Redis database number, emptied first.
+    client = redis.Redis.from_url(REDIS_URL)
+    db_index = 1 + int(uuid.uuid4().int % 15)
+    redis.Redis.from_url(f"{REDIS_URL}/{db_index}").flushdb()
+    client.close()
+    env.vars["CIFARQ_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+    env.vars["CIFARQ_BROKER_URL"] = f"{REDIS_URL}/{db_index}"
+    env.cli("db", "upgrade")
+    return env, lambda: drop_postgres_database(database)
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def backend_env(request, tmp_path_factory, small_cifar):
+    """A cifarq installation on each backend, with one running worker."""
+    env, cleanup = make_env(request.param, tmp_path_factory.mktemp(request.param), small_cifar)
+    env.start_worker()
+    yield env
+    env.stop_workers()
+    cleanup()
+
+
+@pytest.fixture
+def sqlite_env(tmp_path, small_cifar):
+    """The embedded default with no worker: for what the client does on its own."""
+    env, _ = make_env("sqlite", tmp_path / "home", small_cifar)
+    yield env
+    env.stop_workers()

@@ -1,0 +1,66 @@
+"""Missing or malformed data: a clear message, and a failed job that carries it (real worker)."""
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import pytest
+
+from tests.conftest import make_env
+from tests.fakedata import write_cifar10
+from worker.data import DataError, load_split
+
+
+@pytest.fixture
+def broken_data(tmp_path):
+    root = write_cifar10(tmp_path / "data", train_per_batch=8, test=10)
+    return root / "cifar-10-batches-py"
+
+
+def test_truncated_batch_is_named(broken_data):
+    data = (broken_data / "data_batch_3").read_bytes()
+    (broken_data / "data_batch_3").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"data_batch_3 is not a CIFAR-10 batch file"):
+        load_split(broken_data.parent, train=True)
+
+
+def test_wrong_shape_is_named(broken_data):
+    with open(broken_data / "test_batch", "wb") as f:
+        pickle.dump({"data": b"\x00" * 100, "labels": [1]}, f)
+    with pytest.raises(DataError, match=r"test_batch: data must be uint8 of shape \(N, 3072\)"):
+        load_split(broken_data.parent, train=False)
+
+
+def test_labels_out_of_range(broken_data):
+    import numpy as np
+
+    with open(broken_data / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, f)
+    with pytest.raises(DataError, match=r"labels outside 0..9"):
+        load_split(broken_data.parent, train=False)
+
+
+def test_archive_is_extracted_when_the_folder_is_absent(tmp_path, broken_data):
+    import tarfile
+
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(broken_data, arcname="cifar-10-batches-py")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(tmp_path / "cifar-10-python.tar.gz", fresh)
+    split = load_split(fresh, train=True)
+    assert split.images.shape == (40, 3, 32, 32) and split.images.dtype.is_floating_point is False
+    assert split.classes[0] == "airplane"
+
+
+def test_job_without_data_fails_with_the_reason(tmp_path, small_cifar):
+    # This machine is offline: with no data set, the download fails and the job says why.
+    env, _ = make_env("sqlite", tmp_path / "home", tmp_path / "empty-data")
+    env.start_worker()
+    job_id = env.submit_train("--epochs", "1")
+    assert env.cli("wait", job_id, "--timeout", "120", check=False).returncode == 1
+    status = env.cli_json("status", job_id)
+    assert status["status"] == "failed"
+    assert status["error"].startswith("CIFAR-10 not found in ") and "download failed" in status["error"]
+    assert "error: CIFAR-10 not found" in env.cli("logs", job_id).stdout
+    env.stop_workers()

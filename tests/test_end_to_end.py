@@ -1,0 +1,126 @@
+"""Submit through the CLI -> a real worker process -> records in the database, on each backend."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# A quick recipe for the 200-image set: the tutorial's defaults would need many epochs to leave chance.
+FAST = ["--epochs", "3", "--lr", "0.01", "--batch-size", "4", "--log-every", "10", "--seed", "1"]
+
+
+class TutorialNet(nn.Module):
+    """The tutorial's Net, written out again here as a user would: export must load into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def stored_checkpoints(env, job_id):
+    """Read straight from the database, not through cifarq's own code."""
+    from sqlalchemy import create_engine, text
+
+    url = env.vars.get("CIFARQ_DATABASE_URL") or f"sqlite:///{env.home / 'cifarq.db'}"
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT epoch, weights, sha256, size FROM checkpoints WHERE job_id = :j ORDER BY epoch"),
+                            {"j": job_id}).all()
+    engine.dispose()
+    return rows
+
+
+def test_train_then_evaluate_its_checkpoint(backend_env, tmp_path):
+    env = backend_env
+    submitted = env.cli_json("submit", "train", *FAST)
+    assert submitted["status"] == "queued" and submitted["id"]
+    job_id = submitted["id"]
+
+    waited = env.cli("wait", job_id, "--timeout", "180")
+    assert waited.returncode == 0, waited.stderr
+
+    status = env.cli_json("status", job_id)
+    assert status["id"] == job_id and status["kind"] == "train" and status["status"] == "succeeded"
+    assert status["device"] == "cpu" and status["attempts"] == 1 and status["error"] is None
+    assert status["params"]["epochs"] == 3 and status["params"]["lr"] == 0.01
+    assert status["progress"]["epoch"] == 3 and status["progress"]["epochs"] == 3
+    assert status["progress"]["steps_per_epoch"] == 50 and status["progress"]["step"] == 50
+    assert status["progress"]["loss"] > 0
+
+    results = env.cli_json("results", job_id)
+    assert results["job_id"] == job_id
+    assert [row["class"] for row in results["per_class"]][:2] == ["airplane", "automobile"]
+    assert len(results["per_class"]) == 10 and sum(r["total"] for r in results["per_class"]) == 100
+    matrix = results["confusion_matrix"]
+    assert len(matrix) == 10 and all(len(row) == 10 for row in matrix) and sum(map(sum, matrix)) == 100
+    for i, row in enumerate(results["per_class"]):
+        assert row["correct"] == matrix[i][i] and row["total"] == sum(matrix[i])
+    assert results["accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(10)) / 100)
+    assert results["accuracy"] > 0.3, "the fake classes are easy: far above chance after 3 epochs"
+    assert status["metrics"]["test_accuracy"] == pytest.approx(results["accuracy"])
+
+    # One checkpoint per epoch, each matching its stored hash and size.
+    checkpoints = stored_checkpoints(env, job_id)
+    assert [c.epoch for c in checkpoints] == [1, 2, 3]
+    for c in checkpoints:
+        assert hashlib.sha256(c.weights).hexdigest() == c.sha256 and len(c.weights) == c.size
+
+    log = env.cli("logs", job_id).stdout
+    assert "[1,    10] loss:" in log and "Finished Training" in log
+    assert "Accuracy of the network on the 100 test images" in log
+
+    # Evaluating the stored checkpoint gives the very same per-class counts.
+    evaluation = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]
+    assert env.cli("wait", evaluation, "--timeout", "120").returncode == 0
+    assert env.cli_json("status", evaluation)["kind"] == "evaluate"
+    again = env.cli_json("results", evaluation)
+    assert again["confusion_matrix"] == matrix and again["per_class"] == results["per_class"]
+
+    # An older epoch is a different model: its counts are its own.
+    first_epoch = env.cli_json("submit", "evaluate", "--checkpoint", f"{job_id}:1")["id"]
+    assert env.cli("wait", first_epoch, "--timeout", "120").returncode == 0
+    assert env.cli_json("results", first_epoch)["total"] == 100
+
+    # Export loads into the tutorial's own Net with plain PyTorch, and evaluates the same via --weights.
+    exported = tmp_path / "cifar_net.pth"
+    env.cli("checkpoint", "export", f"{job_id}:3", str(exported))
+    net = TutorialNet()
+    net.load_state_dict(torch.load(exported, weights_only=True))
+    from_file = env.cli_json("submit", "evaluate", "--weights", str(exported))["id"]
+    assert env.cli("wait", from_file, "--timeout", "120").returncode == 0
+    assert env.cli_json("results", from_file)["confusion_matrix"] == matrix
+
+    listed = env.cli_json("list", "--limit", "100")
+    ids = [job["id"] for job in listed]
+    assert ids.index(from_file) < ids.index(job_id), "newest first"
+    assert {job["id"] for job in env.cli_json("list", "--kind", "train")} >= {job_id}
+    assert all(job["kind"] == "evaluate" for job in env.cli_json("list", "--kind", "evaluate"))
+
+
+def test_cuda_job_waits_for_a_gpu_worker_and_can_be_cancelled(backend_env):
+    env = backend_env
+    job_id = env.submit_train("--epochs", "1", "--device", "cuda")
+    # "cuda" goes to the gpu queue, which a CPU-only worker does not consume: it stays queued.
+    status = env.cli_json("status", job_id)
+    assert status["status"] == "queued" and status["params"]["device"] == "cuda"
+    assert env.cli("wait", job_id, "--timeout", "1", check=False).returncode == 2
+    assert env.cli("cancel", job_id).returncode == 0
+    status = env.cli_json("status", job_id)
+    assert status["status"] == "cancelled" and status["attempts"] == 0
+    assert env.cli("wait", job_id, "--timeout", "5", check=False).returncode == 1
+    again = env.cli("cancel", job_id, check=False)
+    assert again.returncode == 1 and again.stderr == f"error: job {job_id} is already cancelled\n"

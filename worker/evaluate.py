@@ -1,0 +1,41 @@
+"""The tutorial's test-set evaluation: overall and per-class accuracy, plus the confusion matrix."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from worker.data import Split
+from worker.model import normalize
+
+
+@dataclass
+class Evaluation:
+    classes: tuple[str, ...]
+    confusion: list[list[int]]  # [true class][predicted class]
+
+    @property
+    def correct(self) -> int:
+        return sum(self.confusion[i][i] for i in range(len(self.classes)))
+
+    @property
+    def total(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, test_set: Split, *, device: torch.device, batch_size: int = 1000) -> Evaluation:
+    model.eval()
+    k = len(test_set.classes)
+    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    for start in range(0, len(test_set), batch_size):
+        images = test_set.images[start:start + batch_size].to(device)
+        labels = test_set.labels[start:start + batch_size].to(device)
+        predicted = model(normalize(images)).argmax(dim=1)
+        confusion += torch.bincount(labels * k + predicted, minlength=k * k)
+    return Evaluation(test_set.classes, confusion.view(k, k).tolist())

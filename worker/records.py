@@ -1,0 +1,135 @@
+"""The worker's writes to the job's records. Each write is guarded by the attempt token, so an
+attempt that lost its job (presumed dead, then back) can never overwrite the live one."""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import (Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result, utcnow)
+
+
+class LeaseLost(Exception):
+    """Another attempt owns the job now; this one must stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    token: str
+    attempt: int
+
+
+def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float, max_attempts: int) -> Optional[Claim]:
+    """Take the job for this delivery, or None when there is nothing to do.
+
+    Nothing to do: the job is unknown, final, or running under a live heartbeat (a duplicate
+    delivery). A job whose attempts are used up ends failed instead of looping.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.status.is_final:
+        return None
+    now = utcnow()
+    stale = now - timedelta(seconds=stale_after)
+    if job.status == JobStatus.running and job.heartbeat_at and _aware(job.heartbeat_at) > stale:
+        return None
+    if job.cancel_requested:
+        _finish_unowned(session, job_id, JobStatus.cancelled, "cancelled before it started")
+        return None
+    if job.attempts >= max_attempts:
+        _finish_unowned(session, job_id, JobStatus.failed,
+                        f"gave up after {job.attempts} attempts: the worker died or stopped each time")
+        return None
+    token = uuid.uuid4().hex
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == job.attempts,
+               or_(Job.status == JobStatus.queued,
+                   and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))))
+        .values(status=JobStatus.running, attempts=Job.attempts + 1, attempt_token=token, worker=worker,
+                heartbeat_at=now, started_at=job.started_at or now, error=None)
+    ).rowcount
+    return Claim(job_id, token, job.attempts + 1) if claimed == 1 else None
+
+
+def _finish_unowned(session: Session, job_id: str, status: JobStatus, error: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+                    .values(status=status, error=error, finished_at=utcnow()))
+
+
+def _owned(session: Session, claim: Claim, **values) -> None:
+    done = session.execute(update(Job).where(Job.id == claim.job_id, Job.attempt_token == claim.token,
+                                             Job.status == JobStatus.running).values(**values)).rowcount
+    if done != 1:
+        raise LeaseLost(claim.job_id)
+
+
+def heartbeat(*, session: Session, claim: Claim, **progress) -> bool:
+    """Write progress and the heartbeat; returns whether a cancel was requested."""
+    _owned(session, claim, heartbeat_at=utcnow(), **progress)
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id)))
+
+
+def add_log_lines(*, session: Session, job_id: str, lines: list[str]) -> None:
+    session.add_all(LogLine(job_id=job_id, line=line) for line in lines)
+
+
+def record_epoch(*, session: Session, claim: Claim, epoch: int, loss: float, seconds: float,
+                 images_per_second: float, weights: bytes, train_state: bytes, config: dict) -> None:
+    _owned(session, claim, heartbeat_at=utcnow(), epoch=epoch, loss=loss)
+    session.add(EpochMetric(job_id=claim.job_id, epoch=epoch, loss=loss, seconds=seconds,
+                            images_per_second=images_per_second))
+    session.add(Checkpoint(job_id=claim.job_id, epoch=epoch, weights=weights, sha256=sha256(weights),
+                           size=len(weights), train_state=train_state, train_state_sha256=sha256(train_state),
+                           config=config))
+
+
+def latest_checkpoint(*, session: Session, job_id: str) -> Optional[Checkpoint]:
+    return session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                           .order_by(Checkpoint.epoch.desc()).limit(1)).first()
+
+
+def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int]], classes: tuple[str, ...],
+                     checkpoint_id: Optional[int]) -> None:
+    """Results and the final state in one transaction: recorded exactly once."""
+    correct = sum(confusion[i][i] for i in range(len(classes)))
+    total = sum(map(sum, confusion))
+    accuracy = correct / total if total else 0.0
+    _owned(session, claim, status=JobStatus.succeeded, finished_at=utcnow(), test_accuracy=accuracy,
+           attempt_token=None)
+    session.add(Result(job_id=claim.job_id, accuracy=accuracy, correct=correct, total=total,
+                       confusion_matrix=confusion, checkpoint_id=checkpoint_id,
+                       classes=[ClassResult(job_id=claim.job_id, class_index=i, class_name=name,
+                                            correct=confusion[i][i], total=sum(confusion[i]))
+                                for i, name in enumerate(classes)]))
+    # The epoch row of the last epoch gets the test accuracy too, for curves across epochs.
+    last = session.scalars(select(EpochMetric).where(EpochMetric.job_id == claim.job_id)
+                           .order_by(EpochMetric.epoch.desc()).limit(1)).first()
+    if last is not None:
+        last.test_accuracy = accuracy
+
+
+def finish(*, session: Session, claim: Claim, status: JobStatus, error: Optional[str]) -> None:
+    _owned(session, claim, status=status, error=error, finished_at=utcnow(), attempt_token=None)
+
+
+def hand_back(*, session: Session, claim: Claim, reason: str) -> None:
+    """Give a running job back to the queue (the worker is stopping); its attempt is not counted."""
+    _owned(session, claim, status=JobStatus.queued, attempt_token=None, heartbeat_at=None,
+           attempts=Job.attempts - 1, error=reason)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _aware(value):
+    # SQLite hands back naive datetimes; every time cifarq stores is UTC.
+    from datetime import timezone
+
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -1,0 +1,207 @@
+"""One delivery of one job, as a plain function: claim it, run it, record how it ended.
+
+Celery calls `execute_job` (worker/tasks.py); tests may call it directly. Every outcome of a
+claimed job is written here, in one place: succeeded, failed with a message, cancelled.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from shared.db import session_scope
+from shared.errors import CifarqError
+from shared.jobspec import EvaluateConfig, TrainConfig
+from shared.models import Job, JobKind, JobStatus
+from shared.settings import get_settings
+from worker import records
+from worker.checkpoints import load_resume, load_weights_for_evaluation
+from worker.data import load_split
+from worker.devices import describe, resolve_device
+from worker.evaluate import evaluate
+from worker.train import StopRequested, train
+
+log = logging.getLogger("cifarq.worker")
+
+
+class JobRun:
+    """The hooks the training loop reports to, plus a heartbeat thread that writes them.
+
+    The loop only sets attributes (cheap, in the hot path); the thread writes progress and the
+    heartbeat every few seconds and reads the cancel flag, so the loop never waits on the database.
+    """
+
+    def __init__(self, claim: records.Claim, heartbeat_seconds: float):
+        self.claim = claim
+        self._interval = heartbeat_seconds
+        self._progress: dict = {}
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # cancel requested, or the lease is lost
+        self.lease_lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.job_id}", daemon=True)
+        self.config: dict = {}  # the job's config, saved with every checkpoint
+        self.device_name = "the device"
+
+    def __enter__(self) -> "JobRun":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    # -- hooks called by the loop --
+    def progress(self, *, epoch: int, step: int, steps_per_epoch: int, loss: Optional[float] = None) -> None:
+        self._progress.update(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        if loss is not None:
+            self._progress["loss"] = loss
+
+    def log(self, line: str) -> None:
+        log.info("[%s] %s", self.claim.job_id, line)
+        with self._lock:
+            self._lines.append(line)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def epoch_done(self, *, epoch: int, loss: float, seconds: float, images_per_second: float,
+                   weights: bytes, train_state: bytes) -> None:
+        self.flush()
+        with session_scope() as session:
+            records.record_epoch(session=session, claim=self.claim, epoch=epoch, loss=loss, seconds=seconds,
+                                 images_per_second=images_per_second, weights=weights,
+                                 train_state=train_state, config=self.config)
+
+    # -- the heartbeat --
+    def take_lines(self) -> list[str]:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        return lines
+
+    def flush(self) -> None:
+        lines = self.take_lines()
+        progress = dict(self._progress)
+        with session_scope() as session:
+            cancel = records.heartbeat(session=session, claim=self.claim, **progress)
+            records.add_log_lines(session=session, job_id=self.claim.job_id, lines=lines)
+        if cancel:
+            self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                self.flush()
+            except records.LeaseLost:
+                self.lease_lost = True
+                self._stop.set()
+                return
+            except Exception as exc:  # the database may be away for a while: keep training, retry
+                log.warning("heartbeat of job %s failed, will retry: %s", self.claim.job_id, exc)
+
+
+def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[JobStatus]:
+    """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing."""
+    settings = get_settings()
+    worker_name = worker_name or socket.gethostname()
+    with session_scope() as session:
+        claim = records.claim_job(session=session, job_id=job_id, worker=worker_name,
+                                  stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts)
+        job = session.get(Job, job_id)
+        kind, params = (job.kind, job.params) if job else (None, None)
+    if claim is None:
+        log.info("job %s: nothing to do for this delivery", job_id)
+        return None
+
+    run = JobRun(claim, settings.heartbeat_seconds)
+    status, error = JobStatus.failed, None
+    try:
+        with run:
+            if kind == JobKind.train:
+                _run_train(run, TrainConfig(**params), settings.data)
+            else:
+                _run_evaluate(run, EvaluateConfig(**params), settings.data)
+            status = JobStatus.succeeded
+    except StopRequested as exc:
+        status, error = JobStatus.cancelled, f"cancelled: {exc}"
+    except records.LeaseLost:
+        run.lease_lost = True
+    except CifarqError as exc:
+        error = str(exc)
+    except torch.OutOfMemoryError:
+        error = f"out of memory on {run.device_name} at batch size {params.get('batch_size')}"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        run.log(traceback.format_exc())
+    if run.lease_lost:
+        log.warning("job %s: another attempt owns it now; this one stops without writing", job_id)
+        return None
+    if status == JobStatus.cancelled and not _cancel_requested(job_id):
+        status = None  # stopped for a reason other than cancel: nothing more to write
+    if status is not None and status != JobStatus.succeeded:
+        lines = run.take_lines() + ([f"error: {error}"] if error else [])
+        try:
+            with session_scope() as session:
+                records.add_log_lines(session=session, job_id=job_id, lines=lines)
+                records.finish(session=session, claim=claim, status=status, error=error)
+        except records.LeaseLost:
+            log.warning("job %s: another attempt owns it now; its end is not recorded here", job_id)
+            return None
+    return status
+
+
+def _cancel_requested(job_id: str) -> bool:
+    with session_scope() as session:
+        return bool(session.get(Job, job_id).cancel_requested)
+
+
+def _start_on_device(run: JobRun, requested: str) -> torch.device:
+    device = resolve_device(requested)
+    run.device_name = describe(device)
+    with session_scope() as session:
+        records.heartbeat(session=session, claim=run.claim, device=run.device_name)
+    run.log(f"running on {run.device_name}")
+    return device
+
+
+def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
+    device = _start_on_device(run, config.device)
+    run.config = config.model_dump()
+    with session_scope() as session:
+        checkpoint = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
+        resume = load_resume(checkpoint) if checkpoint is not None else None
+    model = train(config, data_dir=data_dir, device=device, hooks=run, resume=resume)
+    _record_evaluation(run, model, device, data_dir)
+
+
+def _run_evaluate(run: JobRun, config: EvaluateConfig, data_dir: Path) -> None:
+    device = _start_on_device(run, config.device)
+    with session_scope() as session:
+        model, checkpoint_id, description = load_weights_for_evaluation(session=session, job_id=run.claim.job_id,
+                                                                        config=config)
+    run.log(f"evaluating {description}")
+    _record_evaluation(run, model.to(device), device, data_dir, checkpoint_id=checkpoint_id,
+                       batch_size=config.batch_size)
+
+
+def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
+                       checkpoint_id: Optional[int] = None, batch_size: int = 1000) -> None:
+    test_set = load_split(data_dir, train=False)
+    result = evaluate(model, test_set, device=device, batch_size=batch_size)
+    run.log(f"Accuracy of the network on the {result.total} test images: {100 * result.accuracy:.1f} %")
+    for i, name in enumerate(result.classes):
+        row = result.confusion[i]
+        run.log(f"Accuracy for class: {name:5s} is {100 * row[i] / max(sum(row), 1):.1f} %")
+    run.flush()
+    with session_scope() as session:
+        if checkpoint_id is None:
+            latest = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
+            checkpoint_id = latest.id if latest else None
+        records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
+                                 classes=result.classes, checkpoint_id=checkpoint_id)
