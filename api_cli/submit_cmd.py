@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,7 +15,6 @@ from shared.states import JobKind, JobStatus
 
 app = typer.Typer(help="Put a train or evaluate job on the queue.", no_args_is_help=True)
 
-MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
 _train = TrainConfig.model_fields
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when the worker has it, else the CPU), cpu, cuda or cuda:N.")]
 QueueOption = Annotated[Optional[str], typer.Option(
@@ -72,6 +70,8 @@ def evaluate(
             config = parse_config(EvaluateConfig, dict(source_job=found.job_id, source_epoch=found.epoch, device=device))
         job_id = submit(JobKind.evaluate, config, queue)
     else:
+        from shared.weights_file import read_weights_file
+
         data = read_weights_file(weights)
         config = parse_config(EvaluateConfig, dict(weights_file=weights.name, device=device))
         job_id = submit(JobKind.evaluate, config, queue, upload=data)
@@ -89,23 +89,8 @@ def parse_checkpoint_ref(ref: str) -> tuple[str, Optional[int]]:
     return job_id, int(epoch)
 
 
-def read_weights_file(path: Path) -> bytes:
-    """The checks a client can make without torch; the worker loads it weights-only."""
-    if not path.is_file():
-        raise CifarqError(f"weights file {path} does not exist")
-    size = path.stat().st_size
-    if size == 0 or size > MAX_WEIGHTS_BYTES:
-        raise CifarqError(f"weights file {path} is {size} bytes: not a state dict of the tutorial's Net")
-    if not zipfile.is_zipfile(path):
-        raise CifarqError(f"weights file {path} is not a file written by torch.save (not a zip archive)")
-    with zipfile.ZipFile(path) as archive:
-        bad = archive.testzip()
-        if bad is not None or not any(name.endswith("/data.pkl") for name in archive.namelist()):
-            raise CifarqError(f"weights file {path} is truncated or not written by torch.save")
-    return path.read_bytes()
-
-
-def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[bytes] = None) -> str:
+def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[bytes] = None,
+           sweep_id: Optional[str] = None) -> str:
     """The job row is written (status queued) before the message is sent (DESIGN.md, decision 1)."""
     from shared.celery_app import queue_for_device, send_job
     from shared.db import session_scope
@@ -115,7 +100,7 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
 
     queue = queue or queue_for_device(config.device)
     with session_scope() as session:
-        job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue)
+        job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue, sweep_id=sweep_id)
         if upload is not None:
             session.add(Checkpoint(job_id=job.id, epoch=0, weights=upload, size=len(upload),
                                    sha256=hashlib.sha256(upload).hexdigest(), config={"source": "upload"}))

@@ -20,7 +20,7 @@ from shared.errors import CifarqError
 from shared.settings import get_settings, redact_url
 
 # The newest migration; a test checks it against Alembic's head.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 @functools.cache

@@ -11,8 +11,9 @@ from shared.errors import CifarqError
 from shared.models import Checkpoint, Job, JobKind, JobStatus, LogLine, Result
 
 
-def create_job(*, session: Session, kind: JobKind, params: dict[str, Any], queue: str) -> Job:
-    job = Job(kind=kind, status=JobStatus.queued, params=params, queue=queue)
+def create_job(*, session: Session, kind: JobKind, params: dict[str, Any], queue: str,
+               sweep_id: Optional[str] = None) -> Job:
+    job = Job(kind=kind, status=JobStatus.queued, params=params, queue=queue, sweep_id=sweep_id)
     session.add(job)
     session.flush()
     return job
@@ -114,6 +115,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "heartbeat_at": _iso(job.heartbeat_at),
+        "sweep_id": job.sweep_id,
     }
 
 
@@ -134,4 +136,5 @@ def result_to_dict(result: Result) -> dict[str, Any]:
         ],
         "confusion_matrix": result.confusion_matrix,
         "checkpoint_id": result.checkpoint_id,
+        "samples": result.samples or [],
     }

@@ -13,7 +13,6 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
-    Integer,
     LargeBinary,
     String,
     Text,
@@ -67,6 +66,7 @@ class Job(Base):
     steps_per_epoch: Mapped[Optional[int]]
     loss: Mapped[Optional[float]] = mapped_column(Float)
     test_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    sweep_id: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # jobs queued together by a sweep
 
     epochs: Mapped[list["EpochMetric"]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
@@ -122,6 +122,9 @@ class Result(Base):
     total: Mapped[int]
     confusion_matrix: Mapped[list[list[int]]] = mapped_column(JSON)  # rows: true class
     checkpoint_id: Mapped[Optional[int]] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    # The first test images with their predictions, for the report's image grid:
+    # [{"index": i, "label": true class index, "predicted": class index}, ...]
+    samples: Mapped[Optional[list[dict[str, int]]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     classes: Mapped[list["ClassResult"]] = relationship(
@@ -148,3 +151,19 @@ class LogLine(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     line: Mapped[str] = mapped_column(Text)
+
+
+class WorkerRecord(Base):
+    """A live worker, as its launcher last reported it (`cifarq workers`)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name
+    host: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(255))  # "cpu" or "cuda"
+    gpu_index: Mapped[Optional[int]]
+    gpu_name: Mapped[Optional[str]] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

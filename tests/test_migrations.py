@@ -23,10 +23,11 @@ def test_upgrade_is_idempotent_and_required_on_postgres(tmp_path, small_cifar):
         pg = {"CIFARQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"}
         before = env.cli("list", check=False, extra_env=pg)
         assert before.returncode == 1
-        assert before.stderr == "error: database schema is at nothing, not 0001: run `cifarq db upgrade`\n"
+        assert before.stderr == (f"error: database schema is at nothing, not {shared.db.HEAD_REVISION}: "
+                                 "run `cifarq db upgrade`\n")
         for _ in range(2):
             upgraded = env.cli("db", "upgrade", extra_env=pg)
-            assert "is at revision 0001" in upgraded.stderr
+            assert f"is at revision {shared.db.HEAD_REVISION}" in upgraded.stderr
         assert env.cli("list", "--json", extra_env=pg).stdout.strip() == "[]"
     finally:
         drop_postgres_database(database)

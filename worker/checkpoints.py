@@ -14,7 +14,7 @@ from shared.errors import CifarqError
 from shared.jobs import find_checkpoint
 from shared.jobspec import EvaluateConfig
 from shared.models import Checkpoint
-from worker.model import Net, width_of
+from worker.model import model_from_state_dict
 from worker.records import sha256
 from worker.train import Resume
 
@@ -45,21 +45,7 @@ def load_resume(checkpoint: Checkpoint) -> Resume:
     return Resume(model_state=model_state, optimizer_state=state["optimizer"], epochs_done=int(state["epochs_done"]))
 
 
-def build_model(state_dict: dict, *, what: str) -> Net:
-    """The tutorial's Net with these weights; a key or shape mismatch is named in the error."""
-    try:
-        model = Net(width_of(state_dict), num_classes=int(state_dict["fc3.weight"].shape[0]))
-    except (ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{what} does not fit cifarq's Net: {exc}") from exc
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
-        raise CheckpointError(f"{what} does not fit cifarq's Net: {details or exc}") from exc
-    return model
-
-
-def load_weights_for_evaluation(*, session: Session, job_id: str, config: EvaluateConfig) -> tuple[Net, int, str]:
+def load_weights_for_evaluation(*, session: Session, job_id: str, config: EvaluateConfig) -> tuple[torch.nn.Module, int, str]:
     """The model an evaluate job tests: a train job's checkpoint, or the state dict uploaded with it."""
     if config.source_job is not None:
         checkpoint = find_checkpoint(session=session, job_id=config.source_job, epoch=config.source_epoch)
@@ -70,4 +56,8 @@ def load_weights_for_evaluation(*, session: Session, job_id: str, config: Evalua
             raise CheckpointError(f"evaluate job {job_id} has no uploaded weights")
         what = f"uploaded weights {config.weights_file or ''}".strip()
     state_dict = load_bytes(checkpoint.weights, expected_sha256=checkpoint.sha256, what=what)
-    return build_model(state_dict, what=what), checkpoint.id, what
+    try:
+        model = model_from_state_dict(state_dict, recipe=(checkpoint.config or {}).get("recipe", "tutorial"))
+    except ValueError as exc:
+        raise CheckpointError(f"{what} does not fit cifarq's Net: {exc}") from exc
+    return model, checkpoint.id, what

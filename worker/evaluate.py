@@ -14,6 +14,7 @@ from worker.model import normalize
 class Evaluation:
     classes: tuple[str, ...]
     confusion: list[list[int]]  # [true class][predicted class]
+    samples: list[dict[str, int]]  # the first test images: index, label, predicted
 
     @property
     def correct(self) -> int:
@@ -29,13 +30,19 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test_set: Split, *, device: torch.device, batch_size: int = 1000) -> Evaluation:
+def evaluate(model: nn.Module, test_set: Split, *, device: torch.device, batch_size: int = 1000,
+             num_samples: int = 32) -> Evaluation:
     model.eval()
     k = len(test_set.classes)
     confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    first_predictions = None
     for start in range(0, len(test_set), batch_size):
         images = test_set.images[start:start + batch_size].to(device)
         labels = test_set.labels[start:start + batch_size].to(device)
         predicted = model(normalize(images)).argmax(dim=1)
         confusion += torch.bincount(labels * k + predicted, minlength=k * k)
-    return Evaluation(test_set.classes, confusion.view(k, k).tolist())
+        if first_predictions is None:
+            first_predictions = predicted[:num_samples].tolist()
+    samples = [{"index": i, "label": int(test_set.labels[i]), "predicted": p}
+               for i, p in enumerate(first_predictions or [])]
+    return Evaluation(test_set.classes, confusion.view(k, k).tolist(), samples)

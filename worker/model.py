@@ -23,6 +23,23 @@ class Net(nn.Module):
         return self.fc3(x)
 
 
+def model_from_state_dict(state_dict: dict, *, recipe: str = "tutorial") -> nn.Module:
+    """The network these weights belong to, with them loaded.
+
+    Raises ValueError naming what does not fit (a missing key, a shape).
+    """
+    try:
+        model = Net(width_of(state_dict), num_classes=int(state_dict["fc3.weight"].shape[0]))
+    except (KeyError, AttributeError, IndexError) as exc:
+        raise ValueError(f"not a state dict of cifarq's Net: missing {exc}") from exc
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
+        raise ValueError(details or str(exc)) from exc
+    return model
+
+
 def width_of(state_dict: dict) -> int:
     """The width a state dict was trained with, read off conv1's weight (width, 3, 5, 5)."""
     weight = state_dict.get("conv1.weight")

@@ -11,7 +11,7 @@ from typing import Optional
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import (Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result, utcnow)
+from shared.models import Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result, utcnow
 
 
 class LeaseLost(Exception):
@@ -95,7 +95,7 @@ def latest_checkpoint(*, session: Session, job_id: str) -> Optional[Checkpoint]:
 
 
 def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int]], classes: tuple[str, ...],
-                     checkpoint_id: Optional[int]) -> None:
+                     checkpoint_id: Optional[int], samples: Optional[list[dict]] = None) -> None:
     """Results and the final state in one transaction: recorded exactly once."""
     correct = sum(confusion[i][i] for i in range(len(classes)))
     total = sum(map(sum, confusion))
@@ -103,7 +103,7 @@ def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int
     _owned(session, claim, status=JobStatus.succeeded, finished_at=utcnow(), test_accuracy=accuracy,
            attempt_token=None)
     session.add(Result(job_id=claim.job_id, accuracy=accuracy, correct=correct, total=total,
-                       confusion_matrix=confusion, checkpoint_id=checkpoint_id,
+                       confusion_matrix=confusion, checkpoint_id=checkpoint_id, samples=samples,
                        classes=[ClassResult(job_id=claim.job_id, class_index=i, class_name=name,
                                             correct=confusion[i][i], total=sum(confusion[i]))
                                 for i, name in enumerate(classes)]))

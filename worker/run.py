@@ -204,4 +204,4 @@ def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
             latest = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
             checkpoint_id = latest.id if latest else None
         records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
-                                 classes=result.classes, checkpoint_id=checkpoint_id)
+                                 classes=result.classes, checkpoint_id=checkpoint_id, samples=result.samples)

@@ -7,11 +7,10 @@ fresh CUDA context whose memory goes back to the driver when the child exits.
 """
 from __future__ import annotations
 
-from celery.signals import worker_process_init
-
 # Imported once in the parent so that each fresh child starts in milliseconds. Importing torch
 # does not initialise CUDA; only a CUDA call does, and those happen in the child only.
 import torch  # noqa: F401
+from celery.signals import worker_process_init
 
 from shared.celery_app import RUN_JOB_TASK, get_app
 from shared.db import reset_after_fork
