@@ -33,14 +33,23 @@ def _need_worker_extra() -> None:
 def worker(
     queues: Annotated[Optional[str], typer.Option(
         help="Comma-separated queues. Default: default plus gpu (with CUDA) or cpu (without).")] = None,
-    gpu: Annotated[str, typer.Option(help="auto (every GPU it sees), none (CPU only), or a GPU index.")] = "auto",
+    gpu: Annotated[str, typer.Option(help=(
+        "auto (lease one free GPU of this host; the CPU where there is none), none (CPU only), "
+        "or a GPU index (pinned, leased too). The environment variable CIFARQ_GPU overrides it."))] = "auto",
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run a Celery worker for this machine's device: one job at a time, a fresh process per job.
+    """Run a Celery worker for this machine's device: one GPU, one job at a time, a fresh process per job.
+
+    With several GPUs, run one worker per GPU: each leases a free one (docs/deployment.md).
 
     Example: cifarq worker --gpu 0
     """
+    import os
+
     _need_worker_extra()
+    # The environment wins over the flag: compose's command says --gpu auto, and one host's
+    # .env can still pin its workers.
+    gpu = os.environ.get("CIFARQ_GPU") or gpu
     if gpu not in ("auto", "none") and not gpu.isdigit():
         raise CifarqError(f"invalid --gpu {gpu!r}: must be auto, none or a GPU index")
     from worker.launcher import run_worker

@@ -8,6 +8,7 @@ import typer
 
 from api_cli.options import JobIdArg, JsonOption
 from api_cli.output import print_json, print_table, say
+from api_cli.progress import ProgressView, last_epoch_speed, progress_line
 from shared.states import JobKind, JobStatus
 
 POLL_SECONDS = 0.5
@@ -26,39 +27,52 @@ def _load(job_id: str) -> dict:
         return job_to_dict(get_job(session=session, job_id=job_id))
 
 
-def _progress_line(job: dict) -> str:
-    p = job["progress"]
-    parts = [job["status"]]
-    if job["kind"] == "train" and p["epochs"]:
-        # progress.epoch counts finished epochs; while one is under way, show the one running.
-        in_epoch = job["status"] == "running" and p["steps_per_epoch"] and p["step"] < p["steps_per_epoch"]
-        parts.append(f"epoch {p['epoch'] + (1 if in_epoch else 0)}/{p['epochs']}")
-        if p["steps_per_epoch"]:
-            parts.append(f"step {p['step']}/{p['steps_per_epoch']}")
-    if p["loss"] is not None:
-        parts.append(f"loss {p['loss']:.3f}")
-    if job["metrics"]["test_accuracy"] is not None:
-        parts.append(f"test accuracy {100 * job['metrics']['test_accuracy']:.1f}%")
-    return ", ".join(parts)
-
-
-def status(job_id: JobIdArg, json_output: JsonOption = False) -> None:
+def status(
+    job_id: JobIdArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help=(
+        "Draw live progress on stderr until the job ends, then print its status."))] = False,
+    json_output: JsonOption = False,
+) -> None:
     """State, progress and metrics of a job, from the database (no worker needed).
 
     Example: cifarq status 3f2a9c1e --json
+
+    Example: cifarq status 3f2a9c1e --follow
     """
-    job = _load(job_id)
+    job = _follow(job_id) if follow else _load(job_id)
     if json_output:
         print_json(job)
         return
-    rows = [("id", job["id"]), ("kind", job["kind"]), ("status", _progress_line(job)),
+    rows = [("id", job["id"]), ("kind", job["kind"]), ("status", progress_line(job)),
             ("device", job["device"] or "-"), ("worker", job["worker"] or "-"), ("attempts", job["attempts"]),
             ("params", " ".join(f"{k}={v}" for k, v in job["params"].items() if v is not None)),
             ("created", job["created_at"]), ("finished", job["finished_at"] or "-")]
+    if job["sweep_id"]:
+        rows.append(("sweep", job["sweep_id"]))
     if job["error"]:
         rows.append(("error", job["error"]))
     for key, value in rows:
         typer.echo(f"{key:9s} {value}")
+
+
+def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
+    """Poll the job row and draw its progress on stderr until it ends (or the deadline passes)."""
+    job = _load(job_id)
+    view = ProgressView(epoch_images_per_second=last_epoch_speed(job["id"]))
+    epochs_seen = job["progress"]["epoch"]
+    while True:
+        if JobStatus(job["status"]).is_final:
+            view.finish(job)
+            return job
+        if job["progress"]["epoch"] != epochs_seen:  # an epoch ended: its speed is the next guess
+            epochs_seen = job["progress"]["epoch"]
+            view.speed.epoch_images_per_second = last_epoch_speed(job["id"])
+        view.update(job)
+        if deadline is not None and time.monotonic() >= deadline:
+            view.finish(job)
+            return job
+        time.sleep(POLL_SECONDS)
+        job = _load(job["id"])
 
 
 def wait(
@@ -71,21 +85,12 @@ def wait(
     Example: cifarq wait 3f2a9c1e --timeout 600
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    last_line = None
-    while True:
-        job = _load(job_id)
-        line = _progress_line(job)
-        if line != last_line:
-            say(f"{job['id']}: {line}")
-            last_line = line
-        if JobStatus(job["status"]).is_final:
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            if json_output:
-                print_json(job)
-            say(f"timed out after {timeout:g} s; the job is still {job['status']}")
-            raise typer.Exit(2)
-        time.sleep(POLL_SECONDS)
+    job = _follow(job_id, deadline)
+    if not JobStatus(job["status"]).is_final:
+        if json_output:
+            print_json(job)
+        say(f"timed out after {timeout:g} s; the job is still {job['status']}")
+        raise typer.Exit(2)
     if json_output:
         print_json(job)
     if job["status"] != JobStatus.succeeded.value:
@@ -117,26 +122,44 @@ def results(job_id: JobIdArg, json_output: JsonOption = False) -> None:
 def list_(
     status: Annotated[Optional[JobStatus], typer.Option(help="Only jobs in this state.")] = None,
     kind: Annotated[Optional[JobKind], typer.Option(help="Only jobs of this kind.")] = None,
+    sweep: Annotated[Optional[str], typer.Option(
+        help="Only the jobs of this sweep (id or unique prefix), best test accuracy first.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many jobs.", min=1, max=100000)] = 20,
     json_output: JsonOption = False,
 ) -> None:
-    """Jobs, newest first.
+    """Jobs, newest first; with --sweep, the sweep's jobs ranked by test accuracy.
 
     Example: cifarq list --status running --json
+
+    Example: cifarq list --sweep 5b1c07d2
     """
     from shared.db import session_scope
     from shared.jobs import job_to_dict, list_jobs
 
     with session_scope() as session:
-        jobs = [job_to_dict(job) for job in list_jobs(session=session, status=status, kind=kind, limit=limit)]
+        if sweep is None:
+            found = list_jobs(session=session, status=status, kind=kind, limit=limit)
+        else:
+            from api_cli.sweep_cmd import sweep_jobs
+
+            found = [job for job in sweep_jobs(session=session, sweep_id=sweep)
+                     if (status is None or job.status == status) and (kind is None or job.kind == kind)][:limit]
+        jobs = [job_to_dict(job) for job in found]
     if json_output:
         print_json(jobs)
         return
-    print_table(["id", "kind", "status", "progress", "accuracy", "created"],
-                [(j["id"], j["kind"], j["status"],
-                  f"{j['progress']['epoch']}/{j['progress']['epochs']}" if j["kind"] == "train" else "",
-                  f"{100 * j['metrics']['test_accuracy']:.1f}%" if j["metrics"]["test_accuracy"] is not None else "",
-                  j["created_at"][:19]) for j in jobs])
+    headers = ["id", "kind", "status", "progress", "accuracy", "created"]
+    rows = [[j["id"], j["kind"], j["status"],
+             f"{j['progress']['epoch']}/{j['progress']['epochs']}" if j["kind"] == "train" else "",
+             f"{100 * j['metrics']['test_accuracy']:.1f}%" if j["metrics"]["test_accuracy"] is not None else "",
+             j["created_at"][:19]] for j in jobs]
+    if sweep is not None:
+        from api_cli.sweep_cmd import SWEPT
+
+        headers = ["rank", *headers[:4], *SWEPT, "accuracy"]
+        rows = [[i + 1, *row[:4], *(j["params"].get(name) for name in SWEPT), row[4]]
+                for i, (row, j) in enumerate(zip(rows, jobs))]
+    print_table(headers, rows)
 
 
 def logs(

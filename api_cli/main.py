@@ -66,22 +66,42 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"cifarq {version('cifarq')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("cifarq (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.", envvar="CIFARQ_DEBUG"),
+    version: bool = typer.Option(False, "--version", help="Print cifarq's version and exit.", is_eager=True,
+                                 callback=_print_version),
 ) -> None:
     if debug:
         os.environ["CIFARQ_DEBUG"] = "1"
 
 
 def _register() -> None:
-    from api_cli import admin, checkpoint_cmd, jobs_cmd, submit_cmd
+    from api_cli import admin, checkpoint_cmd, compare_cmd, jobs_cmd, monitor_cmd, report_cmd, submit_cmd, sweep_cmd
 
+    submit_cmd.app.command("sweep")(sweep_cmd.sweep)
     app.add_typer(submit_cmd.app, name="submit")
     jobs_cmd.register(app)
+    app.command()(report_cmd.report)
+    app.command()(compare_cmd.compare)
+    monitor_cmd.register(app)
     app.add_typer(checkpoint_cmd.app, name="checkpoint")
     app.add_typer(admin.db_app, name="db")
     admin.register(app)
+    from api_cli import local_cmd
+
+    local_cmd.register(app)
 
 
 _register()

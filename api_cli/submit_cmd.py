@@ -10,7 +10,7 @@ import typer
 from api_cli.options import JsonOption
 from api_cli.output import print_json, say
 from shared.errors import CifarqError
-from shared.jobspec import EvaluateConfig, TrainConfig, parse_config
+from shared.jobspec import RECIPE_DEFAULTS, EvaluateConfig, TrainConfig, parse_config
 from shared.states import JobKind, JobStatus
 
 app = typer.Typer(help="Put a train or evaluate job on the queue.", no_args_is_help=True)
@@ -21,25 +21,47 @@ QueueOption = Annotated[Optional[str], typer.Option(
     help="Queue to send to. Default follows --device: cuda -> gpu, cpu -> cpu, auto -> default.")]
 
 
+def _default(name: str) -> str:
+    """'2 (fast: 10)': each recipe's default, for --help."""
+    tutorial, fast = RECIPE_DEFAULTS["tutorial"].get(name), RECIPE_DEFAULTS["fast"].get(name)
+    return f"tutorial: {tutorial}, fast: {fast}" if tutorial is not None else f"fast: {fast}"
+
+
 @app.command()
 def train(
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = _train["epochs"].default,
-    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = _train["batch_size"].default,
-    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = _train["lr"].default,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = _train["momentum"].default,
-    width: Annotated[int, typer.Option(help="Channels of the first conv (the tutorial's exercise).")] = _train["width"].default,
+    recipe: Annotated[str, typer.Option(
+        help="tutorial (the PyTorch tutorial's Net and SGD) or fast (airbench94-style ResNet-ish net, "
+             "whitening, label smoothing, lookahead, test-time augmentation).")] = _train["recipe"].default,
+    epochs: Annotated[Optional[int], typer.Option(
+        help=f"Passes over the training set (default {_default('epochs')}).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help=f"Images per mini-batch (default {_default('batch_size')}).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help=f"SGD learning rate; fast: per 1024 examples (default {_default('lr')}).", show_default=False)] = None,
+    momentum: Annotated[Optional[float], typer.Option(
+        help=f"SGD momentum; fast: Nesterov (default {_default('momentum')}).", show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option(
+        help=f"tutorial: channels of the first conv (its exercise); fast: of the first block "
+             f"(default {_default('width')}).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seeds the weights and the shuffling.")] = _train["seed"].default,
-    log_every: Annotated[int, typer.Option(help="Mini-batches between log lines.")] = _train["log_every"].default,
+    log_every: Annotated[Optional[int], typer.Option(
+        help=f"Mini-batches between log lines (default {_default('log_every')}).", show_default=False)] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(
+        help=f"Label smoothing of the loss, fast only (default {_default('label_smoothing')}).", show_default=False)] = None,
+    tta_level: Annotated[Optional[int], typer.Option(
+        help=f"Test-time augmentation, fast only: 0 none, 1 mirror, 2 mirror + 1-pixel shifts "
+             f"(default {_default('tta_level')}).", show_default=False)] = None,
     device: DeviceOption = "auto",
     queue: QueueOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Train the tutorial's Net on CIFAR-10, then evaluate it on the test set.
+    """Train on CIFAR-10 (the tutorial's Net by default), then evaluate on the test set.
 
-    Example: cifarq submit train --epochs 2 --json
+    Example: cifarq submit train --epochs 2 --json; cifarq submit train --recipe fast
     """
-    config = parse_config(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                                            width=width, seed=seed, log_every=log_every, device=device))
+    config = parse_config(TrainConfig, dict(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                                            momentum=momentum, width=width, seed=seed, log_every=log_every,
+                                            label_smoothing=label_smoothing, tta_level=tta_level, device=device))
     job_id = submit(JobKind.train, config, queue)
     _report(job_id, json_output)
 

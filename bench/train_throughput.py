@@ -1,6 +1,16 @@
-"""The tutorial's own loop vs cifarq's default recipe: images/s and test accuracy, one run, same data.
+"""The tutorial's own loop vs cifarq's recipes: images/s and test accuracy, one run, same data.
 
 usage: python bench/train_throughput.py [--epochs 2] [--data-dir DIR] [--device cpu|cuda] [--out FILE.json]
+           [--fast-epochs N] [--fast-train-images N] [--fast-test-images N] [--seeds 0,1,2]
+
+Rows, all measured in this one run on this one device, speed as a ratio to the first:
+- "tutorial loop": the tutorial's code as published (below);
+- "autograd step (previous default)": cifarq's data path (uint8 tensor, index slices) with the
+  tutorial's autograd step + torch.optim.SGD: what `cifarq submit train` ran before issue 5;
+- "cifarq default (tutorial recipe)": worker/train.py as the worker runs it now;
+- "cifarq --recipe fast": worker/recipes/fast.py. On a CPU it is far too slow for the full set,
+  so it trains on the first --fast-train-images images and is tested on the first
+  --fast-test-images test images; its row says so.
 
 The tutorial side is its code as published: torchvision's CIFAR10 with ToTensor + Normalize per
 image, a DataLoader (batch 4, shuffle, 2 workers), loss.item() every step. (The offline copy of
@@ -10,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import sys
 import time
@@ -25,7 +36,8 @@ from bench.common import machine, real_cifar10  # noqa: E402
 from shared.jobspec import TrainConfig  # noqa: E402
 from worker.data import load_split  # noqa: E402
 from worker.evaluate import evaluate  # noqa: E402
-from worker.model import Net  # noqa: E402
+from worker.model import Net, normalize  # noqa: E402
+from worker.data import Split  # noqa: E402
 from worker.train import train  # noqa: E402
 
 
@@ -41,13 +53,13 @@ class OfflineCIFAR10(torchvision.datasets.CIFAR10):
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
-def tutorial_loop(data_dir: Path, epochs: int, device: torch.device) -> dict:
+def tutorial_loop(data_dir: Path, epochs: int, device: torch.device, seed: int = 0) -> dict:
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     trainset = OfflineCIFAR10(root=str(data_dir), train=True, download=False, transform=transform)
     trainloader = torch.utils.data.DataLoader(trainset, batch_size=4, shuffle=True, num_workers=2)
     testset = OfflineCIFAR10(root=str(data_dir), train=False, download=False, transform=transform)
     testloader = torch.utils.data.DataLoader(testset, batch_size=4, shuffle=False, num_workers=2)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = Net().to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
@@ -72,7 +84,8 @@ def tutorial_loop(data_dir: Path, epochs: int, device: torch.device) -> dict:
             _, predicted = torch.max(outputs, 1)
             total += labels.size(0)
             correct += (predicted.cpu() == labels).sum().item()
-    return {"seconds": seconds, "images_per_second": epochs * len(trainset) / seconds, "accuracy": correct / total}
+    return {"seconds": seconds, "images_per_second": epochs * len(trainset) / seconds, "accuracy": correct / total,
+            "seed": seed}
 
 
 class Quiet:
@@ -82,8 +95,8 @@ class Quiet:
     def epoch_done(self, **_): pass
 
 
-def cifarq_recipe(data_dir: Path, epochs: int, device: torch.device) -> dict:
-    config = TrainConfig(epochs=epochs)
+def cifarq_recipe(data_dir: Path, epochs: int, device: torch.device, seed: int = 0) -> dict:
+    config = TrainConfig(epochs=epochs, seed=seed)
     train_set, test_set = load_split(data_dir, train=True), load_split(data_dir, train=False)
     started = time.perf_counter()
     model = train(config, data_dir=data_dir, device=device, hooks=Quiet(), train_set=train_set)
@@ -91,7 +104,64 @@ def cifarq_recipe(data_dir: Path, epochs: int, device: torch.device) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     result = evaluate(model, test_set, device=device)
-    return {"seconds": seconds, "images_per_second": epochs * len(train_set) / seconds, "accuracy": result.accuracy}
+    return {"seconds": seconds, "images_per_second": epochs * len(train_set) / seconds, "accuracy": result.accuracy,
+            "seed": seed}
+
+
+def autograd_step(data_dir: Path, epochs: int, device: torch.device) -> dict:
+    """cifarq's loop before issue 5: same data path and batches, the autograd step, 2 threads."""
+    config = TrainConfig(epochs=epochs)
+    train_set, test_set = load_split(data_dir, train=True), load_split(data_dir, train=False)
+    images, labels = train_set.images.to(device), train_set.labels.to(device)
+    torch.manual_seed(config.seed)
+    model = Net(config.width).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    n = len(labels)
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for step in range((n + 3) // 4):
+            batch = order[step * 4:(step + 1) * 4]
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(normalize(images[batch])), labels[batch])
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    result = evaluate(model, test_set, device=device)
+    return {"seconds": seconds, "images_per_second": epochs * n / seconds, "accuracy": result.accuracy}
+
+
+class Timings(Quiet):
+    def __init__(self):
+        self.lines = []
+
+    def log(self, line):
+        self.lines.append(line)
+
+
+def fast_recipe(data_dir: Path, epochs: int, device: torch.device, train_images: int, test_images: int) -> dict:
+    full_train, full_test = load_split(data_dir, train=True), load_split(data_dir, train=False)
+    train_set = Split(full_train.images[:train_images], full_train.labels[:train_images], full_train.classes)
+    test_set = Split(full_test.images[:test_images], full_test.labels[:test_images], full_test.classes)
+    config = TrainConfig(recipe="fast", epochs=epochs)
+    hooks = Timings()
+    started = time.perf_counter()
+    model = train(config, data_dir=data_dir, device=device, hooks=hooks, train_set=train_set)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    eval_started = time.perf_counter()
+    result = evaluate(model, test_set, device=device)
+    return {"seconds": seconds, "images_per_second": epochs * (len(train_set) // min(config.batch_size, len(train_set)))
+            * min(config.batch_size, len(train_set)) / seconds,
+            "accuracy": result.accuracy, "epochs": epochs, "train_images": len(train_set),
+            "test_images": len(test_set), "evaluate_seconds_with_tta": time.perf_counter() - eval_started,
+            "timing_line": next((line for line in hooks.lines if line.startswith("timing:")), None)}
 
 
 def main() -> None:
@@ -100,21 +170,50 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cifarq" / "data")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench/results/train_throughput.json"))
+    parser.add_argument("--seeds", default="0", help="seeds of the tutorial and cifarq default rows, comma-separated")
+    parser.add_argument("--fast-epochs", type=int, default=None, help="default: the recipe's 10 (CUDA), 2 (CPU)")
+    parser.add_argument("--fast-train-images", type=int, default=None, help="default: all (CUDA), 5000 (CPU)")
+    parser.add_argument("--fast-test-images", type=int, default=None, help="default: all (CUDA), 2000 (CPU)")
+    parser.add_argument("--skip", default="", help="rows to leave out, comma-separated: tutorial,autograd,default,fast")
     args = parser.parse_args()
     data_dir = real_cifar10(args.data_dir)
     device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    skip = set(filter(None, args.skip.split(",")))
 
-    rows = {"tutorial loop": tutorial_loop(data_dir, args.epochs, device),
-            "cifarq default (tutorial recipe)": cifarq_recipe(data_dir, args.epochs, device)}
-    base = rows["tutorial loop"]["images_per_second"]
-    print(f"{'loop':34s} {'images/s':>9s} {'x tutorial':>10s} {'seconds':>8s} {'accuracy':>8s}")
+    rows = {}
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    suffix = (lambda seed: f", seed {seed}") if len(seeds) > 1 else (lambda seed: "")
+    if "tutorial" not in skip:
+        for seed in seeds:
+            rows["tutorial loop" + suffix(seed)] = tutorial_loop(data_dir, args.epochs, device, seed)
+    if "autograd" not in skip:
+        rows["autograd step (previous default)"] = autograd_step(data_dir, args.epochs, device)
+    if "default" not in skip:
+        for seed in seeds:
+            rows["cifarq default (tutorial recipe)" + suffix(seed)] = cifarq_recipe(data_dir, args.epochs, device, seed)
+    if "fast" not in skip:
+        fast = fast_recipe(data_dir, args.fast_epochs or (2 if cpu else 10), device,
+                           args.fast_train_images or (5000 if cpu else 50_000),
+                           args.fast_test_images or (2000 if cpu else 10_000))
+        rows[f"cifarq --recipe fast ({fast['epochs']} ep, {fast['train_images']} train / "
+             f"{fast['test_images']} test images)"] = fast
+    base = next(iter(rows.values()))["images_per_second"]
+    print(f"{'loop':62s} {'images/s':>9s} {'x first':>8s} {'seconds':>8s} {'accuracy':>8s}")
     for name, row in rows.items():
         row["speedup"] = row["images_per_second"] / base
-        print(f"{name:34s} {row['images_per_second']:9.0f} {row['speedup']:10.2f} {row['seconds']:8.1f} "
+        print(f"{name:62s} {row['images_per_second']:9.0f} {row['speedup']:8.2f} {row['seconds']:8.1f} "
               f"{100 * row['accuracy']:7.1f}%")
+    for recipe in ("tutorial loop", "cifarq default (tutorial recipe)"):
+        accuracies = [row["accuracy"] for name, row in rows.items() if name.startswith(recipe)]
+        if len(accuracies) > 1:
+            print(f"{recipe}: mean accuracy {100 * sum(accuracies) / len(accuracies):.1f}% over {len(accuracies)} seeds")
+    for row in rows.values():
+        if row.get("timing_line"):
+            print("fast recipe", row["timing_line"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "device": str(device), "epochs": args.epochs,
-                                    "rows": rows}, indent=2))
+                                    "load_average_at_end": os.getloadavg(), "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import fcntl
 import functools
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import CifarqError
 from shared.settings import get_settings, redact_url
 
+log = logging.getLogger("cifarq.db")
+T = TypeVar("T")
+
 # The newest migration; a test checks it against Alembic's head.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 @functools.cache
@@ -57,6 +63,25 @@ def session_scope() -> Iterator[Session]:
     """One short transaction: committed on success, rolled back on error."""
     with _sessionmaker().begin() as session:
         yield session
+
+
+def retry_while_unreachable(fn: Callable[[], T], *, what: str, seconds: float | None = None) -> T:
+    """Run fn, retrying with backoff while the database is unreachable (it may be restarting).
+
+    Only connection-level errors are retried; anything else, and the last error after
+    `seconds`, is raised.
+    """
+    deadline = time.monotonic() + (get_settings().db_retry_seconds if seconds is None else seconds)
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable during %s, retrying in %.1f s: %s", what, delay, _first_line(exc.orig))
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def reset_after_fork() -> None:

@@ -1,6 +1,7 @@
 """Data functions on jobs and their records, for the CLI (and the tests). Callers own sessions."""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -69,6 +70,9 @@ def find_checkpoint(*, session: Session, job_id: str, epoch: Optional[int] = Non
     if checkpoint is None:
         which = f"for epoch {epoch}" if epoch is not None else "at all"
         raise CifarqError(f"job {job.id} has no checkpoint {which}")
+    if hashlib.sha256(checkpoint.weights).hexdigest() != checkpoint.sha256:
+        raise CifarqError(f"checkpoint of job {job.id} after epoch {checkpoint.epoch} is corrupt: "
+                          "its sha256 does not match the stored hash")
     return checkpoint
 
 

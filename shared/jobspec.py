@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_serializer, model_validator)
 
 from shared.errors import CifarqError
 
@@ -25,17 +26,53 @@ class _Config(BaseModel):
         return value
 
 
-class TrainConfig(_Config):
-    """The tutorial's recipe by default (DESIGN.md, decision 9)."""
+# Each recipe's defaults for the knobs it shares; a knob left out (or None) takes its recipe's.
+RECIPE_DEFAULTS: dict[str, dict] = {
+    # The tutorial's values (DESIGN.md, decision 9).
+    "tutorial": dict(epochs=2, batch_size=4, lr=0.001, momentum=0.9, width=6, log_every=2000),
+    # airbench94's (KellerJordan/cifar10-airbench): lr is per 1024 examples, width the first block's.
+    "fast": dict(epochs=10, batch_size=1024, lr=11.5, momentum=0.85, width=64, log_every=10,
+                 label_smoothing=0.2, tta_level=2),
+}
+FAST_ONLY = ("label_smoothing", "tta_level")
 
-    recipe: Literal["tutorial"] = "tutorial"
+
+class TrainConfig(_Config):
+    """The tutorial's recipe by default (DESIGN.md, decision 9); `recipe="fast"` is airbench-style."""
+
+    recipe: Literal["tutorial", "fast"] = "tutorial"
     epochs: int = Field(2, ge=1, le=1000)
     batch_size: int = Field(4, ge=1, le=65536)
     lr: float = Field(0.001, gt=0, le=100, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
-    width: int = Field(6, ge=1, le=1024)  # channels of the first conv = input of the second
+    width: int = Field(6, ge=1, le=1024)  # tutorial: channels of the first conv; fast: of the first block
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    log_every: int = Field(2000, ge=1)  # mini-batches between the tutorial's log lines
+    log_every: int = Field(2000, ge=1)  # mini-batches between log lines
+    label_smoothing: Optional[float] = Field(None, ge=0, lt=1, allow_inf_nan=False)  # fast only
+    tta_level: Optional[int] = Field(None, ge=0, le=2)  # fast only: 0 none, 1 mirror, 2 mirror + shifts
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, values):
+        if not isinstance(values, dict):
+            return values
+        recipe = values.get("recipe") or "tutorial"
+        filled = {k: v for k, v in values.items() if v is not None}
+        for key, value in RECIPE_DEFAULTS.get(recipe, {}).items():
+            filled.setdefault(key, value)
+        return filled
+
+    @model_serializer(mode="wrap")
+    def _without_unused(self, handler):
+        """A tutorial job's params read as before: the fast-only knobs are left out, not None."""
+        return {k: v for k, v in handler(self).items() if not (k in FAST_ONLY and v is None)}
+
+    @field_validator(*FAST_ONLY)
+    @classmethod
+    def _fast_only(cls, value, info: ValidationInfo):
+        if value is not None and info.data.get("recipe") != "fast":
+            raise ValueError("only --recipe fast has it")
+        return value
 
 
 class EvaluateConfig(_Config):

@@ -67,6 +67,9 @@ class Job(Base):
     loss: Mapped[Optional[float]] = mapped_column(Float)
     test_accuracy: Mapped[Optional[float]] = mapped_column(Float)
     sweep_id: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # jobs queued together by a sweep
+    # A queued job whose message a reaper must send (again) from this time on: set when a stopping
+    # worker hands its job back, since its own consumer may still be taking messages.
+    resend_after: Mapped[Optional[datetime]]
 
     epochs: Mapped[list["EpochMetric"]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     stale_after_seconds: float = 60.0
     max_attempts: int = 3
+    reap_interval_seconds: float = 15.0  # how often a worker's launcher looks for lost jobs
+    db_retry_seconds: float = 300.0  # how long a worker keeps retrying a write while the database is away
     # Redis re-delivers an unacknowledged message after this long (celery#5935): it must be
     # longer than any job, or a long job would be started twice.
     visibility_timeout_seconds: int = 7 * 24 * 3600

@@ -44,10 +44,19 @@ class Env:
     def submit_train(self, *flags: str) -> str:
         return self.cli_json("submit", "train", *flags)["id"]
 
-    def start_worker(self, *flags: str, name: str = "worker") -> subprocess.Popen:
+    def start_worker(self, *flags: str, name: str = "worker",
+                     limit_address_space_gb: float | None = None) -> subprocess.Popen:
         log = open(self.home / f"{name}-{len(self.workers)}.log", "w")
+
+        def limit():
+            if limit_address_space_gb:
+                import resource
+
+                size = int(limit_address_space_gb * 2**30)
+                resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
         proc = subprocess.Popen([sys.executable, "-m", "api_cli.main", "worker", *flags], env=self.vars, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit)
         proc.log_path = Path(log.name)
         self.workers.append(proc)
         deadline = time.monotonic() + 60
@@ -56,6 +65,29 @@ class Env:
                 raise AssertionError(f"worker did not start:\n{proc.log_path.read_text()}")
             time.sleep(0.2)
         return proc
+
+    def worker_running(self, job_id: str) -> subprocess.Popen:
+        """The worker process whose log shows it started this job most recently."""
+        for proc in reversed(self.workers):
+            if proc.poll() is None and f"[{job_id}] running on" in proc.log_path.read_text():
+                return proc
+        raise AssertionError(f"no live worker runs job {job_id}")
+
+    def kill_worker(self, proc: subprocess.Popen, sig: int = signal.SIGKILL, group: bool = True) -> None:
+        """Signal the worker's whole process group (launcher, Celery, the job's process), or only
+        the launcher, as `docker compose stop` does through the container's init."""
+        (os.killpg if group else os.kill)(proc.pid, sig)
+        proc.wait(timeout=120)
+
+    def wait_for(self, job_id: str, predicate, timeout: float = 120, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.cli_json("status", job_id)
+            if predicate(status):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id}: timed out waiting for {what}; last status {status}")
+            time.sleep(0.3)
 
     def stop_workers(self) -> None:
         for proc in self.workers:
@@ -73,8 +105,17 @@ class Env:
 def _base_env(home: Path, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARQ_")}
     env.update(CIFARQ_HOME=str(home), CIFARQ_DATA_DIR=str(data_dir), CIFARQ_HEARTBEAT_SECONDS="0.5",
-               PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+               PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
+               # Several workers share 2 cores in these tests; spinning OpenMP threads would
+               # starve each other (batch-4 steps gain nothing from a second thread anyway).
+               OMP_NUM_THREADS="1")
     return env
+
+
+@pytest.fixture(scope="session")
+def medium_cifar(tmp_path_factory) -> Path:
+    """2,000 training images: an epoch takes about a second, long enough to interrupt."""
+    return write_cifar10(tmp_path_factory.mktemp("cifar-medium"), train_per_batch=400, test=200, signal=0.4)
 
 
 @pytest.fixture(scope="session")

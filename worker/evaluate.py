@@ -36,10 +36,13 @@ def evaluate(model: nn.Module, test_set: Split, *, device: torch.device, batch_s
     k = len(test_set.classes)
     confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
     first_predictions = None
+    # A model may bring its own input handling (the fast recipe's normalisation + test-time
+    # augmentation); the tutorial's Net takes the tutorial's normalisation.
+    predict = getattr(model, "predict", None) or (lambda images: model(normalize(images)))
     for start in range(0, len(test_set), batch_size):
         images = test_set.images[start:start + batch_size].to(device)
         labels = test_set.labels[start:start + batch_size].to(device)
-        predicted = model(normalize(images)).argmax(dim=1)
+        predicted = predict(images).argmax(dim=1)
         confusion += torch.bincount(labels * k + predicted, minlength=k * k)
         if first_predictions is None:
             first_predictions = predicted[:num_samples].tolist()

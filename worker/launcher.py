@@ -1,10 +1,12 @@
 """`cifarq worker`: starts one Celery worker process for this machine's device and watches it.
 
-No torch here: the launcher only decides queues and the GPU, starts `celery worker` as a child,
-forwards stop signals to it, and re-queues jobs of dead workers while it waits.
+No torch here: the launcher only decides queues and the GPU (a lease, worker/gpu_lease.py),
+starts `celery worker` as a child with that one GPU visible, forwards stop signals to it,
+keeps the worker's row in the `workers` table fresh, and re-queues jobs of dead workers.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -14,16 +16,13 @@ import threading
 from typing import Optional
 
 from shared.celery_app import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
+from shared.db import session_scope
+from shared.errors import CifarqError
+from shared.settings import get_settings
+from worker import registry
+from worker.gpu_lease import Gpu, Lease, list_gpus, take_lease
 
-
-def count_cuda_devices() -> int:
-    """Asked in a throwaway process: the launcher and Celery's parent must never init CUDA."""
-    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
-    try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-        return int(out.stdout.strip() or 0)
-    except (subprocess.SubprocessError, ValueError):
-        return 0
+log = logging.getLogger("cifarq.launcher")
 
 
 def _die_with_parent() -> None:
@@ -36,37 +35,98 @@ def _die_with_parent() -> None:
         pass
 
 
-def celery_command(*, queues: list[str], name: str, loglevel: str) -> list[str]:
+# A GPU job gets a fresh process, so a fresh CUDA context whose memory all goes back to the
+# driver. On the CPU that buys nothing and costs about a second per job (billiard waits 1 s
+# before a finished child exits), so CPU workers recycle their process every 100 jobs only.
+TASKS_PER_CHILD = {"cuda": 1, "cpu": 100}
+
+
+def celery_command(*, queues: list[str], name: str, loglevel: str, device: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.tasks:app", "worker",
-            "--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1",
+            "--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", str(TASKS_PER_CHILD[device]),
             "--queues", ",".join(queues), "--hostname", name, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle"]
 
 
-def run_worker(*, queues: Optional[list[str]], gpu: Optional[str], loglevel: str = "INFO",
-               reap_every: float = 15.0) -> int:
-    env = dict(os.environ)
-    if gpu not in (None, "auto"):
-        # "none" hides every GPU; an index pins this worker to that GPU.
-        env["CUDA_VISIBLE_DEVICES"] = "" if gpu == "none" else gpu
-    has_cuda = gpu != "none" and count_cuda_devices() > 0
-    if not queues:
-        queues = [DEFAULT_QUEUE, GPU_QUEUE if has_cuda else CPU_QUEUE]
-    name = f"cifarq-{'gpu' if has_cuda else 'cpu'}-{os.getpid()}@{socket.gethostname()}"
-    child = subprocess.Popen(celery_command(queues=queues, name=name, loglevel=loglevel), env=env,
-                             preexec_fn=_die_with_parent)
+def _lease_gpu(gpu: str, holder: str) -> Optional[Lease]:
+    """auto: a free GPU of this host, or None on a host without GPUs; N: GPU N, leased too,
+    so that `auto` workers beside it leave it alone."""
+    gpus = list_gpus()
+    if gpu != "auto":
+        gpus = [g for g in gpus if g.index == int(gpu)]
+        if not gpus:
+            raise CifarqError(f"--gpu {gpu}: this host has no GPU with index {gpu} (nvidia-smi -L lists them)")
+    if not gpus:
+        return None
+    settings = get_settings()
+    return take_lease(gpus, broker_url=settings.broker_url, home=settings.home, holder=holder)
+
+
+def _heartbeat(stop: threading.Event, record: dict) -> None:
+    while not stop.wait(registry.HEARTBEAT_SECONDS):
+        try:
+            with session_scope() as session:
+                if not registry.touch_worker(session=session, name=record["name"]):
+                    registry.register_worker(session=session, **record)
+        except Exception as exc:  # database away for a moment: try again next beat
+            log.warning("worker heartbeat failed: %s", exc)
+
+
+def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
+               reap_every: Optional[float] = None) -> int:
+    host, pid = socket.gethostname(), os.getpid()
+    child: Optional[subprocess.Popen] = None
 
     def forward(signum, _frame):
+        if child is None:  # still setting up: unwind, so that the lease and the row go away
+            raise SystemExit(128 + signum)
+        stop.set()  # a stopping worker re-sends nothing: its own consumer could take it back
         child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, forward)
-    if reap_every > 0:
-        from worker.reaper import run_forever
 
-        threading.Thread(target=run_forever, args=(reap_every,), daemon=True, name="reaper").start()
-    while True:
-        try:
-            return child.wait()
-        except InterruptedError:
-            continue
+    env = dict(os.environ)
+    lease: Optional[Lease] = None
+    stop = threading.Event()
+    record: Optional[dict] = None
+    try:
+        if gpu == "none":
+            env["CUDA_VISIBLE_DEVICES"] = ""  # hides every GPU from the jobs
+        else:
+            lease = _lease_gpu(gpu, holder=f"cifarq worker pid {pid} on {host}")
+        leased: Optional[Gpu] = lease.gpu if lease else None
+        if leased:
+            # By UUID: CUDA's own device order may differ from nvidia-smi's indices.
+            env["CUDA_VISIBLE_DEVICES"] = leased.uuid
+            sys.stderr.write(f"leased GPU {leased.index} ({leased.name}, {leased.uuid})\n")
+        queues = queues or [DEFAULT_QUEUE, GPU_QUEUE if leased else CPU_QUEUE]
+        name = f"cifarq-gpu{leased.index}-{pid}@{host}" if leased else f"cifarq-cpu-{pid}@{host}"
+        record = dict(name=name, host=host, queues=queues, device="cuda" if leased else "cpu",
+                      gpu_index=leased.index if leased else None, gpu_name=leased.name if leased else None, pid=pid)
+        with session_scope() as session:
+            registry.register_worker(session=session, **record)
+        # The child first: preexec_fn is only safe while this process has no other thread.
+        child = subprocess.Popen(celery_command(queues=queues, name=name, loglevel=loglevel,
+                                                device=record["device"]), env=env,
+                                 preexec_fn=_die_with_parent)
+        threading.Thread(target=_heartbeat, args=(stop, record), daemon=True, name="heartbeat").start()
+        if reap_every != 0:  # None: CIFARQ_REAP_INTERVAL_SECONDS
+            from worker.reaper import run_forever
+
+            threading.Thread(target=run_forever, args=(reap_every, stop), daemon=True, name="reaper").start()
+        while True:
+            try:
+                return child.wait()
+            except InterruptedError:
+                continue
+    finally:
+        stop.set()
+        if record is not None:
+            try:
+                with session_scope() as session:
+                    registry.remove_worker(session=session, name=record["name"])
+            except Exception as exc:  # the row goes stale instead; `cifarq workers` shows its age
+                log.warning("could not remove worker %s from the registry: %s", record["name"], exc)
+        if lease is not None:
+            lease.release()

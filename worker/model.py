@@ -28,10 +28,23 @@ def model_from_state_dict(state_dict: dict, *, recipe: str = "tutorial") -> nn.M
 
     Raises ValueError naming what does not fit (a missing key, a shape).
     """
+    if recipe == "fast":
+        from worker.recipes.fast import FastNet
+
+        try:
+            model = FastNet(int(state_dict["block1.conv1.weight"].shape[0]),
+                            num_classes=int(state_dict["head.weight"].shape[0]))
+        except (KeyError, AttributeError, IndexError) as exc:
+            raise ValueError(f"not a state dict of the fast recipe's network: missing {exc}") from exc
+        return _load(model, state_dict)
     try:
         model = Net(width_of(state_dict), num_classes=int(state_dict["fc3.weight"].shape[0]))
     except (KeyError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a state dict of cifarq's Net: missing {exc}") from exc
+    return _load(model, state_dict)
+
+
+def _load(model: nn.Module, state_dict: dict) -> nn.Module:
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -52,7 +52,7 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
                or_(Job.status == JobStatus.queued,
                    and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))))
         .values(status=JobStatus.running, attempts=Job.attempts + 1, attempt_token=token, worker=worker,
-                heartbeat_at=now, started_at=job.started_at or now, error=None)
+                heartbeat_at=now, started_at=job.started_at or now, error=None, resend_after=None)
     ).rowcount
     return Claim(job_id, token, job.attempts + 1) if claimed == 1 else None
 
@@ -121,7 +121,7 @@ def finish(*, session: Session, claim: Claim, status: JobStatus, error: Optional
 def hand_back(*, session: Session, claim: Claim, reason: str) -> None:
     """Give a running job back to the queue (the worker is stopping); its attempt is not counted."""
     _owned(session, claim, status=JobStatus.queued, attempt_token=None, heartbeat_at=None,
-           attempts=Job.attempts - 1, error=reason)
+           attempts=Job.attempts - 1, error=reason, resend_after=utcnow())
 
 
 def sha256(data: bytes) -> str:

@@ -6,6 +6,7 @@ claimed job is written here, in one place: succeeded, failed with a message, can
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import traceback
@@ -14,7 +15,9 @@ from typing import Optional
 
 import torch
 
-from shared.db import session_scope
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from shared.db import retry_while_unreachable, session_scope
 from shared.errors import CifarqError
 from shared.jobspec import EvaluateConfig, TrainConfig
 from shared.models import Job, JobKind, JobStatus
@@ -24,9 +27,17 @@ from worker.checkpoints import load_resume, load_weights_for_evaluation
 from worker.data import load_split
 from worker.devices import describe, resolve_device
 from worker.evaluate import evaluate
+from worker.tensorboard import TensorBoardLog
 from worker.train import StopRequested, train
 
 log = logging.getLogger("cifarq.worker")
+
+# Set when this worker is asked to stop (worker/tasks.py): the running job hands itself back.
+SHUTDOWN = threading.Event()
+
+
+class NotClaimed(Exception):
+    """The database could not be reached to claim the job; the message must be retried."""
 
 
 class JobRun:
@@ -48,6 +59,7 @@ class JobRun:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.job_id}", daemon=True)
         self.config: dict = {}  # the job's config, saved with every checkpoint
         self.device_name = "the device"
+        self.tensorboard: Optional[TensorBoardLog] = None  # train jobs only
 
     def __enter__(self) -> "JobRun":
         self._thread.start()
@@ -69,15 +81,21 @@ class JobRun:
             self._lines.append(line)
 
     def should_stop(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set() or SHUTDOWN.is_set()
 
     def epoch_done(self, *, epoch: int, loss: float, seconds: float, images_per_second: float,
                    weights: bytes, train_state: bytes) -> None:
-        self.flush()
-        with session_scope() as session:
-            records.record_epoch(session=session, claim=self.claim, epoch=epoch, loss=loss, seconds=seconds,
-                                 images_per_second=images_per_second, weights=weights,
-                                 train_state=train_state, config=self.config)
+        def write() -> None:
+            self.flush()
+            with session_scope() as session:
+                records.record_epoch(session=session, claim=self.claim, epoch=epoch, loss=loss, seconds=seconds,
+                                     images_per_second=images_per_second, weights=weights,
+                                     train_state=train_state, config=self.config)
+
+        # The safe point: training waits here (with backoff) while the database is away.
+        retry_while_unreachable(write, what=f"checkpoint of job {self.claim.job_id}")
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(epoch, loss=loss, lr=self.config["lr"], images_per_second=images_per_second)
 
     # -- the heartbeat --
     def take_lines(self) -> list[str]:
@@ -110,11 +128,15 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
     """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing."""
     settings = get_settings()
     worker_name = worker_name or socket.gethostname()
-    with session_scope() as session:
-        claim = records.claim_job(session=session, job_id=job_id, worker=worker_name,
-                                  stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts)
-        job = session.get(Job, job_id)
-        kind, params = (job.kind, job.params) if job else (None, None)
+    SHUTDOWN.clear()  # a CPU worker's process runs many jobs; a stop request is for the job at hand
+    try:
+        with session_scope() as session:
+            claim = records.claim_job(session=session, job_id=job_id, worker=worker_name,
+                                      stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts)
+            job = session.get(Job, job_id)
+            kind, params = (job.kind, job.params) if job else (None, None)
+    except (OperationalError, InterfaceError) as exc:
+        raise NotClaimed(job_id) from exc
     if claim is None:
         log.info("job %s: nothing to do for this delivery", job_id)
         return None
@@ -134,26 +156,59 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
         run.lease_lost = True
     except CifarqError as exc:
         error = str(exc)
-    except torch.OutOfMemoryError:
-        error = f"out of memory on {run.device_name} at batch size {params.get('batch_size')}"
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        run.log(traceback.format_exc())
+        if _is_out_of_memory(exc):
+            error = f"out of memory on {run.device_name} at batch size {params.get('batch_size')}: {_first_line(exc)}"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+            run.log(traceback.format_exc())
     if run.lease_lost:
         log.warning("job %s: another attempt owns it now; this one stops without writing", job_id)
         return None
-    if status == JobStatus.cancelled and not _cancel_requested(job_id):
-        status = None  # stopped for a reason other than cancel: nothing more to write
-    if status is not None and status != JobStatus.succeeded:
+    if status == JobStatus.cancelled and not retry_while_unreachable(lambda: _cancel_requested(job_id), what="read"):
+        _hand_back(run, "the worker stopped; handed back to the queue")
+        return None
+    if status != JobStatus.succeeded:
         lines = run.take_lines() + ([f"error: {error}"] if error else [])
-        try:
+
+        def write() -> None:
             with session_scope() as session:
                 records.add_log_lines(session=session, job_id=job_id, lines=lines)
                 records.finish(session=session, claim=claim, status=status, error=error)
+
+        try:
+            retry_while_unreachable(write, what=f"end of job {job_id}")
         except records.LeaseLost:
             log.warning("job %s: another attempt owns it now; its end is not recorded here", job_id)
             return None
     return status
+
+
+def _hand_back(run: JobRun, reason: str) -> None:
+    """The worker is stopping: the job goes back to queued (its last checkpoint kept) and a
+    reaper elsewhere sends it again (not this worker: its consumer may still take messages),
+    so another worker resumes it. This attempt does not count against the limit."""
+    def write() -> None:
+        with session_scope() as session:
+            records.add_log_lines(session=session, job_id=run.claim.job_id, lines=run.take_lines() + [reason])
+            records.hand_back(session=session, claim=run.claim, reason=reason)
+
+    try:
+        retry_while_unreachable(write, what=f"hand-back of job {run.claim.job_id}")
+        log.info("job %s handed back to the queue", run.claim.job_id)
+    except records.LeaseLost:
+        pass
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator raises a RuntimeError that says so.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _cancel_requested(job_id: str) -> bool:
@@ -176,8 +231,17 @@ def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
     with session_scope() as session:
         checkpoint = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
         resume = load_resume(checkpoint) if checkpoint is not None else None
-    model = train(config, data_dir=data_dir, device=device, hooks=run, resume=resume)
-    _record_evaluation(run, model, device, data_dir)
+    with TensorBoardLog(_safe_path_part(run.claim.job_id), get_settings().artifacts) as run.tensorboard:
+        model = train(config, data_dir=data_dir, device=device, hooks=run, resume=resume)
+        accuracy = _record_evaluation(run, model, device, data_dir)
+        run.tensorboard.accuracy(config.epochs, accuracy)
+
+
+def _safe_path_part(job_id: str) -> str:
+    # Ids come from the database; only a plain id may become a folder under the artifacts directory.
+    if not re.fullmatch(r"[0-9a-f]{8,32}", job_id):
+        raise CifarqError(f"job id {job_id!r} is not a plain id; refusing to use it in a path")
+    return job_id
 
 
 def _run_evaluate(run: JobRun, config: EvaluateConfig, data_dir: Path) -> None:
@@ -191,17 +255,20 @@ def _run_evaluate(run: JobRun, config: EvaluateConfig, data_dir: Path) -> None:
 
 
 def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
-                       checkpoint_id: Optional[int] = None, batch_size: int = 1000) -> None:
+                       checkpoint_id: Optional[int] = None, batch_size: int = 1000) -> float:
     test_set = load_split(data_dir, train=False)
     result = evaluate(model, test_set, device=device, batch_size=batch_size)
     run.log(f"Accuracy of the network on the {result.total} test images: {100 * result.accuracy:.1f} %")
     for i, name in enumerate(result.classes):
         row = result.confusion[i]
         run.log(f"Accuracy for class: {name:5s} is {100 * row[i] / max(sum(row), 1):.1f} %")
-    run.flush()
-    with session_scope() as session:
-        if checkpoint_id is None:
+    def write() -> None:
+        run.flush()
+        with session_scope() as session:
             latest = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
-            checkpoint_id = latest.id if latest else None
-        records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
-                                 classes=result.classes, checkpoint_id=checkpoint_id, samples=result.samples)
+            records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
+                                     classes=result.classes, samples=result.samples,
+                                     checkpoint_id=checkpoint_id or (latest.id if latest else None))
+
+    retry_while_unreachable(write, what=f"results of job {run.claim.job_id}")
+    return result.accuracy

@@ -7,25 +7,92 @@ fresh CUDA context whose memory goes back to the driver when the child exits.
 """
 from __future__ import annotations
 
+import importlib
+import os
+import signal
+from pathlib import Path
+
+from celery.signals import worker_process_init, worker_shutting_down
+
 # Imported once in the parent so that each fresh child starts in milliseconds. Importing torch
 # does not initialise CUDA; only a CUDA call does, and those happen in the child only.
 import torch  # noqa: F401
-from celery.signals import worker_process_init
 
 from shared.celery_app import RUN_JOB_TASK, get_app
 from shared.db import reset_after_fork
+from worker import run
 
 app = get_app()
 
 
+def _warm_up() -> None:
+    """One tiny CPU step in the parent, so that every forked child inherits what the first step
+    imports lazily (torch.optim pulls in torch._dynamo: about 2 s, for every job otherwise).
+    One thread only: no OpenMP team may exist in the parent when it forks."""
+    from worker.model import Net
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = Net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+        torch.nn.functional.cross_entropy(model(torch.zeros(2, 3, 32, 32)), torch.zeros(2, dtype=torch.long)).backward()
+        optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    try:  # about a second, once per worker rather than once per job
+        importlib.import_module("torch.utils.tensorboard")
+    except ImportError:
+        pass
+
+
+_warm_up()
+
+# The launcher sends this to the job's process when the worker is asked to stop (SIGTERM,
+# `docker compose stop`): the job checkpoints at its next safe point and goes back to the queue.
+HAND_BACK_SIGNAL = signal.SIGUSR2
+
+
 @worker_process_init.connect
 def _fresh_child(**_kwargs) -> None:
-    # Pooled database connections must not cross a fork.
-    reset_after_fork()
+    reset_after_fork()  # pooled database connections must not cross a fork
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # no procfs (not Linux): scan every process for its parent
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+        return children
+
+
+@worker_shutting_down.connect
+def _hand_back_running_job(**_kwargs) -> None:
+    # Runs in the parent on SIGTERM (warm shutdown), which alone would wait for the job to end.
+    for pid in _child_pids(os.getpid()):
+        try:
+            os.kill(pid, HAND_BACK_SIGNAL)
+        except ProcessLookupError:
+            pass
 
 
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self, job_id: str) -> None:
-    from worker.run import execute_job
-
-    execute_job(job_id, worker_name=self.request.hostname)
+    # Set here, not in worker_process_init: billiard resets the child's signal handlers after
+    # that hook runs, and its own handler for this signal would end the process mid-job.
+    signal.signal(HAND_BACK_SIGNAL, lambda _signum, _frame: run.SHUTDOWN.set())
+    try:
+        run.execute_job(job_id, worker_name=self.request.hostname)
+    except run.NotClaimed as exc:
+        # The database was unreachable before the job was claimed: send the message again later
+        # rather than ack it and leave the job queued with no message.
+        # (Losing the database after the claim needs nothing here: the heartbeat goes stale and
+        # the reaper re-queues the job, which resumes from its last checkpoint.)
+        raise self.retry(exc=exc.__cause__, countdown=min(60, 2 ** self.request.retries), max_retries=None)

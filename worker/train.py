@@ -1,15 +1,25 @@
-"""The tutorial's training loop, read top to bottom, minus its per-image overhead.
+"""The tutorial's training loop, read top to bottom, minus its per-image and per-op overhead.
 
-Same recipe as the tutorial (Net, CrossEntropyLoss, SGD with momentum, batch 4), but the whole
-data set sits in one uint8 tensor on the device and a batch is an index slice of it, so no
-DataLoader, PIL or per-image transform runs in the hot loop. The loss is summed on the device
-and read only when a log line is due, so a CUDA step never waits on the host.
+Same recipe as the tutorial (Net, CrossEntropyLoss, SGD with momentum, batch 4), but:
+- the whole data set sits in one uint8 tensor on the device; a few thousand batches at a time are
+  gathered and normalised in one go (channel-major, as the step wants them), so no DataLoader,
+  PIL or per-image transform runs in the hot loop;
+- the step is worker/recipes/tutorial_step.py: forward, backward and SGD written out as ~45 plain
+  tensor ops, no autograd graph (same gradients up to float rounding, tested);
+- on the CPU at small batches it runs on one thread: the ops are far too small to split, and
+  waking a second thread (on a shared machine, one that is busy) costs more than it saves;
+- on CUDA the full-batch step is captured once in a CUDA graph and replayed, so batch 4 is not
+  bound by kernel launches; the last, short batch of an epoch runs eagerly;
+- the loss is summed on the device and read only when a log line is due.
+
+`recipe="fast"` (worker/recipes/fast.py) is dispatched from train() below.
 """
 from __future__ import annotations
 
 import io
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -20,6 +30,9 @@ import torch.nn as nn
 from shared.jobspec import TrainConfig
 from worker.data import Split, load_split
 from worker.model import Net, normalize
+from worker.recipes.tutorial_step import TutorialStep
+
+CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
 
 
 class StopRequested(Exception):
@@ -46,15 +59,25 @@ class Resume:
 
 
 def train(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: TrainHooks,
-          resume: Optional[Resume] = None, train_set: Optional[Split] = None) -> Net:
+          resume: Optional[Resume] = None, train_set: Optional[Split] = None) -> nn.Module:
+    if config.recipe == "fast":
+        from worker.recipes.fast import train_fast
+
+        return train_fast(config, data_dir=data_dir, device=device, hooks=hooks, resume=resume, train_set=train_set)
+    with cpu_threads(1 if device.type == "cpu" and config.batch_size <= 64 else None):
+        return train_tutorial(config, data_dir=data_dir, device=device, hooks=hooks, resume=resume,
+                              train_set=train_set)
+
+
+def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: TrainHooks,
+                   resume: Optional[Resume] = None, train_set: Optional[Split] = None) -> Net:
     torch.manual_seed(config.seed)
     train_set = train_set or load_split(data_dir, train=True)
     images = train_set.images.to(device)  # uint8 (N, 3, 32, 32), 150 MB for all of CIFAR-10
     labels = train_set.labels.to(device)
-    n = len(labels)
+    n, batch_size = len(labels), config.batch_size
 
     model = Net(config.width, num_classes=len(train_set.classes)).to(device)
-    criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     start_epoch = 0
     if resume is not None:
@@ -62,11 +85,13 @@ def train(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: T
         optimizer.load_state_dict(resume.optimizer_state)
         start_epoch = resume.epochs_done
         hooks.log(f"resuming after epoch {start_epoch} from its checkpoint")
+    step_fn = TutorialStep(model, optimizer)  # updates model's parameters and optimizer's buffers in place
+    graphed = capture_step(step_fn, batch_size, device, hooks) if device.type == "cuda" else None
 
     # Like the tutorial's DataLoader(shuffle=True, drop_last=False): the last batch may be short.
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    steps_per_epoch = math.ceil(n / batch_size)
+    model.train()
     for epoch in range(start_epoch, config.epochs):
-        model.train()
         started = time.perf_counter()
         # The order of epoch e depends on (seed, e) only: a resumed job sees the same batches.
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
@@ -74,14 +99,17 @@ def train(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: T
         loss_sum = torch.zeros((), device=device)  # summed on the device; read at log points only
         logged_sum = 0.0
         for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            inputs, targets = normalize(images[batch]), labels[batch]
-
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+            if step % CHUNK_STEPS == 0:  # (3, k, 32, 32): channel-major, as the step takes it
+                chunk = order[step * batch_size:(step + CHUNK_STEPS) * batch_size]
+                inputs_chunk = normalize(images[chunk].transpose(0, 1).contiguous())
+                targets_chunk = labels[chunk]
+            first = (step % CHUNK_STEPS) * batch_size
+            inputs = inputs_chunk[:, first:first + batch_size]
+            targets = targets_chunk[first:first + batch_size]
+            if graphed is not None and len(targets) == batch_size:
+                loss_sum += graphed(inputs, targets)
+            else:
+                loss_sum += step_fn(inputs, targets)
 
             if (step + 1) % config.log_every == 0:  # the tutorial prints every 2000 mini-batches
                 total = loss_sum.item()
@@ -94,8 +122,8 @@ def train(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: T
             if hooks.should_stop():
                 raise StopRequested(f"stopped in epoch {epoch + 1} at step {step + 1}")
 
-        seconds = time.perf_counter() - started
         epoch_loss = loss_sum.item() / steps_per_epoch
+        seconds = time.perf_counter() - started
         hooks.progress(epoch=epoch + 1, step=steps_per_epoch, steps_per_epoch=steps_per_epoch, loss=epoch_loss)
         hooks.log(f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.3f}, "
                   f"{seconds:.1f} s, {n / seconds:.0f} images/s")
@@ -106,6 +134,57 @@ def train(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: T
                                                "config": config.model_dump()}))
     hooks.log("Finished Training")
     return model
+
+
+def capture_step(step_fn: TutorialStep, batch_size: int, device: torch.device, hooks: TrainHooks):
+    """The full-batch step captured in a CUDA graph: one replay launches all its kernels.
+
+    Returns f(inputs, targets) -> the graph's static loss tensor (valid until the next replay;
+    the caller adds it to its sum right away), or None (the loop then runs eagerly) when capture
+    fails. Warm-up steps before the capture change the weights; they are put back afterwards.
+    """
+    snapshot = [t.detach().clone() for t in [*step_fn.params, *step_fn.buffers]]
+    try:
+        static_x = torch.zeros(3, batch_size, 32, 32, device=device)
+        static_y = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # cuBLAS handles and workspaces are made before capture
+            for _ in range(3):
+                step_fn(static_x, static_y)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = step_fn(static_x, static_y)
+        with torch.no_grad():
+            for t, saved in zip([*step_fn.params, *step_fn.buffers], snapshot):
+                t.copy_(saved)
+    except Exception as exc:  # a driver or op without graph support: correct, only slower
+        hooks.log(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running the step eagerly")
+        with torch.no_grad():
+            for t, saved in zip([*step_fn.params, *step_fn.buffers], snapshot):
+                t.copy_(saved)
+        return None
+
+    def replay(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        static_x.copy_(inputs)
+        static_y.copy_(targets)
+        graph.replay()
+        return static_loss
+
+    return replay
+
+
+@contextmanager
+def cpu_threads(count: Optional[int]):
+    """torch's intra-op threads set to `count` for the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def to_bytes(obj: dict) -> bytes:

@@ -1,0 +1,185 @@
+"""Live progress of a job on stderr, for `cifarq wait` and `cifarq status --follow`.
+
+The worker's heartbeat writes (finished epochs, step, steps per epoch, running loss, heartbeat
+time) on the job row every few seconds; this draws them. On a terminal it is one bar per epoch,
+redrawn in place; anywhere else (a log file, CI, a pipe) it prints a plain line each time the
+recorded progress changes, so that logs stay readable. Speed and ETA come from two heartbeats
+(steps done between them, times the batch size), or from the last finished epoch's images/s.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Optional, TextIO
+
+BAR_WIDTH = 24
+
+
+def progress_line(job: dict) -> str:
+    """`running, epoch 1/2, step 10087/12500, loss 1.553`: the plain summary of a job dict."""
+    p = job["progress"]
+    parts = [job["status"]]
+    if job["kind"] == "train" and p["epochs"]:
+        parts.append(f"epoch {current_epoch(job)}/{p['epochs']}")
+        if p["steps_per_epoch"]:
+            parts.append(f"step {p['step']}/{p['steps_per_epoch']}")
+    if p["loss"] is not None:
+        parts.append(f"loss {p['loss']:.3f}")
+    if job["metrics"]["test_accuracy"] is not None:
+        parts.append(f"test accuracy {100 * job['metrics']['test_accuracy']:.1f}%")
+    return ", ".join(parts)
+
+
+def current_epoch(job: dict) -> int:
+    """progress.epoch counts finished epochs; while one is under way, this is the one running."""
+    p = job["progress"]
+    in_epoch = job["status"] == "running" and p["steps_per_epoch"] and p["step"] < p["steps_per_epoch"]
+    return p["epoch"] + (1 if in_epoch else 0)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _parse_time(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+class Speed:
+    """Images per second and the time left, from successive heartbeats of one job."""
+
+    def __init__(self, epoch_images_per_second: Optional[float] = None):
+        self._last: Optional[tuple[float, int]] = None  # (heartbeat time, steps done in the whole job)
+        self._seen_at: Optional[float] = None  # when that heartbeat was first seen here (monotonic)
+        self.steps_per_second: Optional[float] = None
+        self.epoch_images_per_second = epoch_images_per_second
+
+    def update(self, job: dict) -> None:
+        p = job["progress"]
+        beat = _parse_time(job.get("heartbeat_at"))
+        if beat is None or not p["steps_per_epoch"] or job["status"] != "running":
+            return
+        done = (current_epoch(job) - 1) * p["steps_per_epoch"] + p["step"]
+        if self._last is not None and beat > self._last[0] and done > self._last[1]:
+            self.steps_per_second = (done - self._last[1]) / (beat - self._last[0])
+        if self._last is None or beat > self._last[0]:
+            self._last = (beat, done)
+            self._seen_at = time.monotonic()
+
+    def images_per_second(self, batch_size: int) -> Optional[float]:
+        if self.steps_per_second is not None:
+            return self.steps_per_second * batch_size
+        return self.epoch_images_per_second
+
+    def eta_seconds(self, job: dict, now: Optional[float] = None) -> Optional[float]:
+        """Seconds left at the current speed, counted down from the last heartbeat as time passes
+        here (the client's clock: the worker's may differ)."""
+        p = job["progress"]
+        batch_size = job["params"].get("batch_size") or 1
+        rate = self.images_per_second(batch_size)
+        if not rate or not p["steps_per_epoch"] or not p["epochs"] or job["status"] != "running":
+            return None
+        left = (p["epochs"] - current_epoch(job)) * p["steps_per_epoch"] + p["steps_per_epoch"] - p["step"]
+        since = 0.0 if self._seen_at is None else (now if now is not None else time.monotonic()) - self._seen_at
+        return max(max(left, 0) * batch_size / rate - since, 0.0)
+
+
+class ProgressView:
+    """Draws a job's progress on `stream`: a bar redrawn in place on a TTY, plain lines otherwise."""
+
+    def __init__(self, stream: Optional[TextIO] = None, *, tty: Optional[bool] = None,
+                 epoch_images_per_second: Optional[float] = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.speed = Speed(epoch_images_per_second)
+        self._last_plain: Optional[str] = None
+        self._bar_epoch: Optional[int] = None  # the epoch whose bar is on the current line
+        self._drawn = False
+        self._last_bar: Optional[str] = None
+
+    def update(self, job: dict) -> None:
+        self.speed.update(job)
+        if self.tty and self._has_bar(job):
+            self._draw_bar(job)
+        else:
+            self._plain(job)
+
+    def finish(self, job: dict) -> None:
+        """The final line: ends any bar, then the job's last state once."""
+        self._end_bar()
+        line = f"{job['id']}: {progress_line(job)}"
+        if line != self._last_plain:
+            self._write(line + "\n")
+            self._last_plain = line
+
+    def _has_bar(self, job: dict) -> bool:
+        p = job["progress"]
+        return job["kind"] == "train" and job["status"] == "running" and bool(p["steps_per_epoch"])
+
+    def _rate_and_eta(self, job: dict) -> list[str]:
+        parts = []
+        rate = self.speed.images_per_second(job["params"].get("batch_size") or 1)
+        if rate:
+            parts.append(f"{rate:,.0f} images/s")
+        eta = self.speed.eta_seconds(job)
+        if eta is not None:
+            parts.append(f"ETA {format_duration(eta)}")
+        return parts
+
+    def _plain(self, job: dict) -> None:
+        self._end_bar()
+        base = f"{job['id']}: {progress_line(job)}"
+        if base == self._last_plain:
+            return  # nothing new recorded: no line (the rate alone changing is no news)
+        self._last_plain = base
+        self._write(", ".join([base, *self._rate_and_eta(job)]) + "\n")
+
+    def _draw_bar(self, job: dict) -> None:
+        p = job["progress"]
+        epoch = current_epoch(job)
+        if self._bar_epoch is not None and epoch != self._bar_epoch:
+            self._end_bar()  # the previous epoch's bar stays on screen, complete
+        self._bar_epoch = epoch
+        done = min(p["step"] / p["steps_per_epoch"], 1.0)
+        filled = int(done * BAR_WIDTH)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        parts = [f"epoch {epoch}/{p['epochs']} [{bar}] {p['step']}/{p['steps_per_epoch']}"]
+        if p["loss"] is not None:
+            parts.append(f"loss {p['loss']:.3f}")
+        parts += self._rate_and_eta(job)
+        text = "  ".join(parts)
+        width = shutil.get_terminal_size((100, 24)).columns
+        text = text[: max(width - 1, 20)]
+        if text != self._last_bar or not self._drawn:
+            self._write("\r\x1b[2K" + text)
+            self._last_bar = text
+        self._drawn = True
+
+    def _end_bar(self) -> None:
+        if self._drawn:
+            self._write("\n")
+            self._drawn = False
+            self._bar_epoch = None
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def last_epoch_speed(job_id: str) -> Optional[float]:
+    """images/s of the job's last finished epoch (a first guess before two heartbeats are seen)."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.models import EpochMetric
+
+    with session_scope() as session:
+        return session.scalars(select(EpochMetric.images_per_second).where(EpochMetric.job_id == job_id)
+                               .order_by(EpochMetric.epoch.desc()).limit(1)).first()

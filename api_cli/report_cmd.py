@@ -1,0 +1,46 @@
+"""`cifarq report`: a job's figures as PNGs and one self-contained HTML page (shared/report.py)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from api_cli.options import JobIdArg, JsonOption
+from api_cli.output import print_json, say
+from shared.errors import CifarqError
+
+
+def report(
+    job_id: JobIdArg,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Directory for index.html and the PNGs. Default: $CIFARQ_ARTIFACTS_DIR/<job>/report.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write a finished job's report as PNGs and one self-contained HTML page.
+
+    Loss and accuracy curves, the confusion matrix, per-class accuracy, and a grid of test images
+    with their predictions (when CIFARQ_DATA_DIR holds the test set).
+
+    Example: cifarq report 3f2a9c1e --out report/ && xdg-open report/index.html
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CifarqError("reports need matplotlib: pip install 'cifarq[report]'")
+    from shared.db import session_scope
+    from shared.report import load_report_data, render_report
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    with session_scope() as session:
+        data = load_report_data(session=session, job_id=job_id)
+    out = out or settings.artifacts / data.job["id"] / "report"
+    if out.exists() and not out.is_dir():
+        raise CifarqError(f"{out} exists and is not a directory")
+    written = render_report(data, out, settings.data)
+    for note in written["notes"]:
+        say(note)
+    if json_output:
+        print_json(written)
+    else:
+        typer.echo(written["html"])

@@ -1,0 +1,258 @@
+"""A job's report: PNG figures (matplotlib, Agg) and one self-contained HTML page.
+
+Everything comes from the database (epoch metrics, results, evaluations of the job's
+checkpoints), except the test images of the sample grid, which come from the client's own copy
+of the data set (`test_batch` under CIFARQ_DATA_DIR) when it has one; otherwise the grid is left
+out with a note. matplotlib and numpy are imported inside the functions: importing this module
+costs nothing, and the client needs them only for `cifarq report` (the `report` extra).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Figure sizes in inches at DPI: the PNGs are exactly these many pixels (no tight bbox cropping).
+DPI = 100
+FIGURES = {
+    "curves": (10, 4),  # loss and test accuracy per epoch
+    "confusion": (7, 6),  # confusion matrix heat map
+    "per_class": (8, 4),  # per-class accuracy bars
+    "samples": (8, 5),  # the first test images, true and predicted labels
+}
+GRID_COLUMNS = 8
+
+
+@dataclass
+class ReportData:
+    job: dict[str, Any]  # shared.jobs.job_to_dict
+    result: dict[str, Any]  # shared.jobs.result_to_dict
+    epochs: list[dict[str, Any]]  # epoch, loss, test_accuracy, seconds, images_per_second
+    # Test accuracy after k epochs, from the job itself (its last epoch) and from evaluate jobs of
+    # its checkpoints: {epoch: accuracy}
+    accuracy_by_epoch: dict[int, float] = field(default_factory=dict)
+
+
+def load_report_data(*, session, job_id: str) -> ReportData:
+    from sqlalchemy import select
+
+    from shared.jobs import get_job, get_result, job_to_dict, result_to_dict
+    from shared.models import EpochMetric, Job, JobKind, JobStatus, Result
+
+    job = get_job(session=session, job_id=job_id)
+    result = result_to_dict(get_result(session=session, job=job))
+    epochs = [{"epoch": m.epoch, "loss": m.loss, "test_accuracy": m.test_accuracy, "seconds": m.seconds,
+               "images_per_second": m.images_per_second}
+              for m in session.scalars(select(EpochMetric).where(EpochMetric.job_id == job.id).order_by(EpochMetric.epoch))]
+    accuracy = {m["epoch"]: m["test_accuracy"] for m in epochs if m["test_accuracy"] is not None}
+    evaluations = session.execute(
+        select(Job.params, Result.accuracy).join(Result, Result.job_id == Job.id)
+        .where(Job.kind == JobKind.evaluate, Job.status == JobStatus.succeeded,
+               Job.params["source_job"].as_string() == job.id)).all()
+    for params, value in evaluations:
+        if params.get("source_epoch") is not None:
+            accuracy.setdefault(int(params["source_epoch"]), value)
+    return ReportData(job=job_to_dict(job), result=result, epochs=epochs, accuracy_by_epoch=dict(sorted(accuracy.items())))
+
+
+# -- the test images --------------------------------------------------------------------------
+
+def load_test_images(data_dir: Path, samples: list[dict[str, int]]):
+    """The samples' images as uint8 (n, 32, 32, 3), or (None, why not).
+
+    Reads cifar-10-batches-py/test_batch, or that member of cifar-10-python.tar.gz beside it. The
+    labels stored with the samples must match the file's: a different data set gives no grid.
+    """
+    import numpy as np
+
+    if not samples:
+        return None, "the job recorded no sample predictions"
+    folder = data_dir / "cifar-10-batches-py"
+    archive = data_dir / "cifar-10-python.tar.gz"
+    try:
+        if (folder / "test_batch").is_file():
+            with open(folder / "test_batch", "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+        elif archive.is_file():
+            with tarfile.open(archive) as tar:
+                batch = pickle.load(tar.extractfile("cifar-10-batches-py/test_batch"), encoding="bytes")
+        else:
+            return None, f"no CIFAR-10 test set under {data_dir} (set CIFARQ_DATA_DIR to show the test images)"
+        data = batch.get(b"data", batch.get("data"))
+        labels = batch.get(b"labels", batch.get("labels"))
+        data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: the report goes on without the grid
+        return None, f"could not read the CIFAR-10 test set under {data_dir}: {exc}"
+    indices = [s["index"] for s in samples]
+    if max(indices) >= len(data) or any(int(labels[s["index"]]) != s["label"] for s in samples):
+        return None, f"the test set under {data_dir} is not the one the job was evaluated on (labels differ)"
+    return data[indices].transpose(0, 2, 3, 1), None
+
+
+# -- the figures --------------------------------------------------------------------------------
+
+def _figure(name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=FIGURES[name], dpi=DPI, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_curves(data: ReportData) -> bytes:
+    fig = _figure("curves")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    epochs = [m["epoch"] for m in data.epochs]
+    loss_ax.plot(epochs, [m["loss"] for m in data.epochs], marker="o", color="tab:blue")
+    loss_ax.set(title="Training loss per epoch", xlabel="epoch", ylabel="mean loss")
+    points = data.accuracy_by_epoch
+    acc_ax.plot(list(points), [100 * v for v in points.values()], marker="o", color="tab:green")
+    acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+    last = max(epochs + list(points) + [1])
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlim(0.5, last + 0.5)
+        ax.set_xticks(range(1, last + 1))
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_confusion(data: ReportData) -> bytes:
+    import numpy as np
+
+    names = [row["class"] for row in data.result["per_class"]]
+    matrix = np.array(data.result["confusion_matrix"])
+    fig = _figure("confusion")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="test images")
+    ax.set(title="Confusion matrix", xlabel="predicted class", ylabel="true class",
+           xticks=range(len(names)), yticks=range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                color="white" if count > threshold else "black")
+    return _png(fig)
+
+
+def plot_per_class(data: ReportData) -> bytes:
+    rows = data.result["per_class"]
+    fig = _figure("per_class")
+    ax = fig.subplots()
+    values = [100 * row["accuracy"] for row in rows]
+    bars = ax.bar([row["class"] for row in rows], values, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=8)
+    ax.axhline(100 * data.result["accuracy"], color="tab:red", linestyle="--")
+    ax.set(title=f"Accuracy per class (dashed: overall {100 * data.result['accuracy']:.1f}%)",
+           ylabel="accuracy (%)", ylim=(0, 105))
+    ax.tick_params(axis="x", rotation=45)
+    return _png(fig)
+
+
+def plot_samples(data: ReportData, images) -> bytes:
+    names = [row["class"] for row in data.result["per_class"]]
+    samples = data.result["samples"]
+    rows = -(-len(samples) // GRID_COLUMNS)
+    fig = _figure("samples")
+    axes = fig.subplots(rows, GRID_COLUMNS, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, sample, image in zip(axes.flat, samples, images):
+        ax.imshow(image, interpolation="nearest")
+        right = sample["label"] == sample["predicted"]
+        ax.set_title(f"{names[sample['label']]}\n→ {names[sample['predicted']]}", fontsize=7,
+                     color="tab:green" if right else "tab:red")
+    fig.suptitle("First test images: true class → predicted (green right, red wrong)", fontsize=9)
+    return _png(fig)
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+def render_report(data: ReportData, out_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """Writes the PNGs and index.html under out_dir; returns what it wrote and any notes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures: dict[str, bytes] = {}
+    notes: list[str] = []
+    if data.epochs:
+        pictures["curves"] = plot_curves(data)
+    else:
+        notes.append("No training curves: this job trained no epochs (an evaluate job).")
+    pictures["confusion"] = plot_confusion(data)
+    pictures["per_class"] = plot_per_class(data)
+    images, why_not = load_test_images(data_dir, data.result["samples"])
+    if images is not None:
+        pictures["samples"] = plot_samples(data, images)
+    else:
+        notes.append(f"No image grid: {why_not}.")
+    files = {}
+    for name, png in pictures.items():
+        path = out_dir / f"{name}.png"
+        path.write_bytes(png)
+        files[name] = str(path)
+    page = out_dir / "index.html"
+    page.write_text(_html(data, pictures, notes), encoding="utf-8")
+    return {"job_id": data.job["id"], "html": str(page), "images": files, "notes": notes}
+
+
+_TITLES = {"curves": "Loss and accuracy per epoch", "confusion": "Confusion matrix",
+           "per_class": "Accuracy per class", "samples": "Test images"}
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1040px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { padding: 2px 12px; text-align: left; }
+tr:nth-child(even) { background: #f4f4f4; } th { border-bottom: 1px solid #999; }
+td.num { text-align: right; } img { max-width: 100%; border: 1px solid #ddd; }
+.note { color: #8a5a00; }
+"""
+
+
+def _html(data: ReportData, pictures: dict[str, bytes], notes: list[str]) -> str:
+    job, result = data.job, data.result
+    e = html.escape
+    params = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in job["params"].items())
+    summary = [("status", job["status"]), ("device", job["device"] or "-"), ("worker", job["worker"] or "-"),
+               ("created", job["created_at"]), ("finished", job["finished_at"] or "-"),
+               ("test accuracy", f"{100 * result['accuracy']:.1f}% ({result['correct']}/{result['total']})")]
+    summary_rows = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in summary)
+    class_rows = "".join(
+        f"<tr><td>{e(row['class'])}</td><td class=num>{row['correct']}</td><td class=num>{row['total']}</td>"
+        f"<td class=num>{100 * row['accuracy']:.1f} %</td></tr>" for row in result["per_class"])
+    epoch_rows = "".join(
+        f"<tr><td class=num>{m['epoch']}</td><td class=num>{m['loss']:.4f}</td><td class=num>{m['seconds']:.1f}</td>"
+        f"<td class=num>{m['images_per_second']:.0f}</td></tr>" for m in data.epochs)
+    figures = "".join(
+        f'<h2>{e(_TITLES[name])}</h2>\n<img id="{name}" alt="{e(_TITLES[name])}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">\n' for name, png in pictures.items())
+    note_html = "".join(f'<p class="note">{e(note)}</p>' for note in notes)
+    epochs_html = (f"<h2>Epochs</h2><table><tr><th>epoch</th><th>loss</th><th>seconds</th><th>images/s</th></tr>"
+                   f"{epoch_rows}</table>") if data.epochs else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cifarq report {e(job['id'])}</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>cifarq job {e(job['id'])} ({e(job['kind'])})</h1>
+<table>{summary_rows}</table>
+<h2>Parameters</h2><table>{params}</table>
+{note_html}
+{figures}
+{epochs_html}
+<h2>Per class</h2>
+<table><tr><th>class</th><th>correct</th><th>total</th><th>accuracy</th></tr>{class_rows}</table>
+</body></html>
+"""

@@ -1,0 +1,153 @@
+"""Redis restarted without its data, PostgreSQL unreachable for a while: nothing lost, nothing twice.
+
+Both use servers of the test's own (a private redis-server; a TCP proxy in front of the machine's
+PostgreSQL that the test can cut), so the machine's shared services are never disturbed.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from contextlib import closing
+
+import pytest
+
+from tests.conftest import drop_postgres_database, make_env, make_postgres_database
+
+FAST_FAULTS = {"CIFARQ_STALE_AFTER_SECONDS": "3", "CIFARQ_REAP_INTERVAL_SECONDS": "1"}
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    def __init__(self, port: int, workdir):
+        self.port, self.workdir, self.proc = port, workdir, None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("private redis did not start")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:port to PostgreSQL; cut() drops every connection and refuses new ones."""
+
+    def __init__(self, target_port: int = 5432):
+        self.port, self.target = free_port(), target_port
+        self.up = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        self.up.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            client, _ = self.server.accept()
+            if not self.up.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        self.up.clear()
+        for s in self.connections:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.connections.clear()
+
+    def restore(self):
+        self.up.set()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_restart_loses_no_queued_job_and_runs_none_twice(tmp_path, medium_cifar):
+    redis_server = PrivateRedis(free_port(), tmp_path)
+    redis_server.start()
+    database = make_postgres_database()
+    env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
+    env.vars.update(FAST_FAULTS, CIFARQ_BROKER_URL=f"redis://127.0.0.1:{redis_server.port}/0",
+                    CIFARQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+    try:
+        env.cli("db", "upgrade")
+        env.start_worker()
+        running = env.submit_train("--epochs", "3", "--lr", "0.01")
+        env.wait_for(running, lambda s: s["status"] == "running", what="running")
+        queued = [env.submit_train("--epochs", "1", "--lr", "0.01") for _ in range(3)]
+        redis_server.stop()  # the queued messages are gone with it: no persistence
+        redis_server.start()
+        for job_id in [running, *queued]:
+            assert env.cli("wait", job_id, "--timeout", "120").returncode == 0, job_id
+        for job_id in queued:
+            status = env.cli_json("status", job_id)
+            assert status["attempts"] == 1, "ran once"
+            assert env.cli("logs", job_id).stdout.count("Finished Training") == 1
+    finally:
+        env.stop_workers()
+        redis_server.stop()
+        drop_postgres_database(database)
+
+
+def test_database_away_for_a_while_the_job_carries_on(tmp_path, medium_cifar):
+    proxy = CuttableProxy()
+    database = make_postgres_database()
+    env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
+    env.vars.update(CIFARQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}",
+                    CIFARQ_STALE_AFTER_SECONDS="60")
+    direct = {"CIFARQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"}
+    try:
+        env.cli("db", "upgrade")
+        env.start_worker()
+        job_id = env.submit_train("--epochs", "3", "--lr", "0.01", "--log-every", "100")
+        env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["step"] > 50, what="training")
+        proxy.cut()
+        # The CLI says so, on one line.
+        down = env.cli("status", job_id, check=False)
+        assert down.returncode == 1 and down.stderr.startswith("error: database unreachable at postgresql+psycopg://")
+        assert down.stderr.count("\n") == 1
+        time.sleep(8)  # heartbeats and an epoch's checkpoint fail meanwhile; the worker retries
+        proxy.restore()
+        assert env.cli("wait", job_id, "--timeout", "300", extra_env=direct).returncode == 0
+        status = env.cli_json("status", job_id)
+        assert status["status"] == "succeeded" and status["attempts"] == 1
+        assert [c["epoch"] for c in env.cli_json("checkpoint", "list", job_id)] == [1, 2, 3]
+        worker_log = env.workers[0].log_path.read_text()
+        assert "database unreachable" in worker_log or "heartbeat of job" in worker_log
+    finally:
+        env.stop_workers()
+        proxy.cut()
+        drop_postgres_database(database)

@@ -1,0 +1,102 @@
+"""No job lost, none run twice: real worker processes killed, stopped, starved of their database."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.conftest import make_env
+
+# Fast fault detection for tests: heartbeat every 0.5 s, stale after 3 s, reaper every second.
+FAST_FAULTS = {"CIFARQ_STALE_AFTER_SECONDS": "3", "CIFARQ_REAP_INTERVAL_SECONDS": "1"}
+TRAIN = ["--epochs", "5", "--lr", "0.01", "--seed", "3", "--log-every", "100"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def env(request, tmp_path, medium_cifar):
+    env, cleanup = make_env(request.param, tmp_path / "home", medium_cifar)
+    env.vars.update(FAST_FAULTS)
+    yield env
+    env.stop_workers()
+    cleanup()
+
+
+def results_of(env, job_id):
+    return env.cli_json("results", job_id)
+
+
+def test_killed_worker_job_resumes_on_another_and_matches_an_uninterrupted_run(env):
+    env.start_worker()
+    reference = env.submit_train(*TRAIN)
+    assert env.cli("wait", reference, "--timeout", "300").returncode == 0
+
+    env.start_worker()  # a second worker: whichever does not run the job takes it over
+    job_id = env.submit_train(*TRAIN)
+    env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["epoch"] >= 2,
+                 what="epoch 2 checkpointed")
+    env.kill_worker(env.worker_running(job_id), signal.SIGKILL)
+    assert env.cli_json("status", job_id)["status"] == "running", "killed before it could finish"
+
+    assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
+    status = env.cli_json("status", job_id)
+    assert status["attempts"] == 2 and status["status"] == "succeeded"
+    log = env.cli("logs", job_id).stdout
+    assert any(f"resuming after epoch {n} from its checkpoint" in log for n in (2, 3, 4))
+    assert log.count("Finished Training") == 1
+    # Bit-identical on the CPU: the same seed gives the same batches after the resume.
+    assert results_of(env, job_id)["confusion_matrix"] == results_of(env, reference)["confusion_matrix"]
+    assert status["metrics"]["test_accuracy"] == results_of(env, reference)["accuracy"]
+
+
+def test_worker_killed_every_time_ends_failed_not_looping(env):
+    env.vars["CIFARQ_MAX_ATTEMPTS"] = "2"
+    job_id = env.submit_train(*TRAIN)
+    for attempt in (1, 2):
+        env.start_worker()
+        env.wait_for(job_id, lambda s: s["status"] == "running" and s["attempts"] == attempt,
+                     what=f"attempt {attempt}")
+        env.kill_worker(env.worker_running(job_id), signal.SIGKILL)
+    env.start_worker()
+    status = env.wait_for(job_id, lambda s: s["status"] == "failed", timeout=60, what="failed")
+    assert status["error"] == "gave up after 2 attempts: the worker died or stopped each time"
+    assert env.cli("wait", job_id, "--timeout", "5", check=False).returncode == 1
+
+
+def test_sigterm_hands_the_job_back_and_another_worker_resumes_it(env):
+    first = env.start_worker()
+    job_id = env.submit_train(*TRAIN)
+    env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["epoch"] >= 1, what="epoch 1 done")
+    env.kill_worker(first, signal.SIGTERM, group=False)  # what `docker compose stop` sends
+    status = env.cli_json("status", job_id)
+    assert status["status"] == "queued" and status["error"] == "the worker stopped; handed back to the queue"
+    env.start_worker()
+    assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
+    log = env.cli("logs", job_id).stdout
+    assert "handed back to the queue" in log and "resuming after epoch" in log
+    assert env.cli_json("status", job_id)["attempts"] == 1, "a graceful hand-back does not use up an attempt"
+
+
+def test_cancel_stops_a_running_job_at_a_safe_point_and_keeps_its_checkpoint(env):
+    env.start_worker()
+    job_id = env.submit_train(*TRAIN)
+    env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["epoch"] >= 1, what="epoch 1 done")
+    env.cli("cancel", job_id)
+    status = env.wait_for(job_id, lambda s: s["status"] == "cancelled", timeout=15, what="cancelled")
+    assert status["error"].startswith("cancelled: stopped in epoch")
+    assert env.cli_json("checkpoint", "list", job_id), "its last checkpoint is kept"
+    # The worker is free for the next job.
+    after = env.submit_train("--epochs", "1", "--lr", "0.01")
+    assert env.cli("wait", after, "--timeout", "120").returncode == 0
+
+
+def test_out_of_memory_fails_the_job_and_the_worker_takes_the_next(env, tmp_path):
+    # A real allocation failure: the worker runs under an address-space limit that the
+    # tutorial's Net fits in and a 1024-wide Net at batch 2000 does not.
+    env.start_worker(limit_address_space_gb=8)
+    big = env.submit_train("--epochs", "1", "--width", "1024", "--batch-size", "2000")
+    assert env.cli("wait", big, "--timeout", "120", check=False).returncode == 1
+    status = env.cli_json("status", big)
+    assert status["status"] == "failed"
+    assert status["error"].startswith("out of memory on cpu at batch size 2000")
+    small = env.submit_train("--epochs", "1", "--lr", "0.01")
+    assert env.cli("wait", small, "--timeout", "120").returncode == 0

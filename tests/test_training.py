@@ -1,0 +1,144 @@
+"""The tutorial recipe's fast step (worker/recipes/tutorial_step.py) against the tutorial's own
+autograd loop: same weights to float rounding, the last short batch, resume bit for bit."""
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from shared.jobspec import TrainConfig
+from tests.fakedata import write_cifar10
+from worker.data import load_split
+from worker.model import Net, normalize
+from worker.recipes.tutorial_step import TutorialStep
+from worker.train import Resume, train
+
+CPU = torch.device("cpu")
+
+
+class Recorder:
+    def __init__(self):
+        self.epochs, self.lines = [], []
+
+    def progress(self, **_): pass
+    def log(self, line): self.lines.append(line)
+    def should_stop(self): return False
+    def epoch_done(self, **kwargs): self.epochs.append(kwargs)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))  # 200 training images
+
+
+def reference_loop(config: TrainConfig, split, epochs: int) -> Net:
+    """The tutorial's loop (autograd, torch.optim.SGD) on the batches cifarq's loop sees."""
+    torch.manual_seed(config.seed)
+    model = Net(config.width)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    n = len(split)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        for step in range(math.ceil(n / config.batch_size)):
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            optimizer.zero_grad()
+            criterion(model(normalize(split.images[batch])), split.labels[batch]).backward()
+            optimizer.step()
+    return model
+
+
+def max_difference(a: nn.Module, b: nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("width, momentum", [(6, 0.9), (9, 0.0)])
+def test_step_matches_autograd_for_a_few_steps(width, momentum):
+    generator = torch.Generator().manual_seed(3)
+    xs = torch.rand(8, 4, 3, 32, 32, generator=generator) * 2 - 1
+    ys = torch.randint(0, 10, (8, 4), generator=generator)
+    torch.manual_seed(0)
+    reference = Net(width)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=momentum)
+    torch.manual_seed(0)
+    fast = Net(width)
+    fast_opt = torch.optim.SGD(fast.parameters(), lr=0.01, momentum=momentum)
+    step = TutorialStep(fast, fast_opt)
+    for x, y in zip(xs, ys):
+        ref_opt.zero_grad()
+        ref_loss = nn.CrossEntropyLoss()(reference(x), y)
+        ref_loss.backward()
+        ref_opt.step()
+        loss = step(x.transpose(0, 1), y)  # the step takes channel-major input
+        assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-5)
+    assert max_difference(reference, fast) < 1e-6
+    assert max_difference(reference, Net(width)) > 1e-3, "the weights did move"
+    # The optimizer's state is the one torch.optim.SGD keeps: a checkpoint is interchangeable.
+    if momentum:
+        for p, q in zip(reference.parameters(), fast.parameters()):
+            assert torch.allclose(ref_opt.state[p]["momentum_buffer"], fast_opt.state[q]["momentum_buffer"], atol=1e-6)
+
+
+def test_train_matches_the_tutorial_loop_with_a_short_last_batch(data_dir):
+    # 200 images at batch 3: 66 full batches and a last one of 2.
+    config = TrainConfig(epochs=2, batch_size=3, lr=0.01, seed=5, log_every=1000)
+    split = load_split(data_dir, train=True)
+    hooks = Recorder()
+    model = train(config, data_dir=data_dir, device=CPU, hooks=hooks)
+    assert max_difference(model, reference_loop(config, split, epochs=2)) < 1e-5
+    assert [e["epoch"] for e in hooks.epochs] == [1, 2] and all(math.isfinite(e["loss"]) for e in hooks.epochs)
+
+
+def test_resume_is_bit_identical(data_dir):
+    config = TrainConfig(epochs=2, batch_size=4, lr=0.01, seed=2, log_every=1000)
+    straight = Recorder()
+    train(config, data_dir=data_dir, device=CPU, hooks=straight)
+    first = Recorder()
+    train(config.model_copy(update={"epochs": 1}), data_dir=data_dir, device=CPU, hooks=first)
+    state = torch.load(io.BytesIO(first.epochs[0]["train_state"]), weights_only=True)
+    assert state["epochs_done"] == 1 and state["config"]["recipe"] == "tutorial"
+    resume = Resume(model_state=torch.load(io.BytesIO(first.epochs[0]["weights"]), weights_only=True),
+                    optimizer_state=state["optimizer"], epochs_done=1)
+    resumed = Recorder()
+    train(config, data_dir=data_dir, device=CPU, hooks=resumed, resume=resume)
+    assert first.epochs[0]["weights"] == straight.epochs[0]["weights"]
+    straight_final = torch.load(io.BytesIO(straight.epochs[1]["weights"]), weights_only=True)
+    resumed_final = torch.load(io.BytesIO(resumed.epochs[0]["weights"]), weights_only=True)
+    assert all(torch.equal(straight_final[k], resumed_final[k]) for k in straight_final)
+
+
+def test_cpu_threads_are_restored(data_dir):
+    before = torch.get_num_threads()
+    train(TrainConfig(epochs=1, log_every=1000), data_dir=data_dir, device=CPU, hooks=Recorder())
+    assert torch.get_num_threads() == before
+
+
+def test_cuda_graph_capture_falls_back_to_eager_and_keeps_the_weights():
+    """Where capture fails (here: no CUDA at all), the loop runs eagerly on the same weights."""
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = Recorder()
+    from worker.train import capture_step
+
+    assert capture_step(TutorialStep(model, optimizer), 4, torch.device("cpu"), hooks) is None
+    assert any("CUDA graph capture failed" in line for line in hooks.lines)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_max_pool_and_its_gradient_match_max_pool2d_with_ties():
+    from worker.recipes.tutorial_step import max_pool, max_pool_backward
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randint(0, 3, (5, 4, 10, 10), generator=generator).float()  # ties everywhere
+    grad = torch.randn(5, 4, 5, 5, generator=generator)
+    reference_in = z.clone().requires_grad_()
+    reference = torch.nn.functional.max_pool2d(reference_in, 2)
+    reference.backward(grad)
+    pooled, route = max_pool(z)
+    assert torch.equal(pooled, reference.detach())
+    assert torch.equal(max_pool_backward(grad, route), reference_in.grad)
