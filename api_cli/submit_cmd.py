@@ -10,12 +10,11 @@ import typer
 from api_cli.options import JsonOption
 from api_cli.output import print_json, say
 from shared.errors import CifarqError
-from shared.jobspec import RECIPE_DEFAULTS, EvaluateConfig, TrainConfig, parse_config
+from shared.recipes import DEFAULT_RECIPE, DEFAULT_SEED, RECIPE_DEFAULTS
 from shared.states import JobKind, JobStatus
 
 app = typer.Typer(help="Put a train or evaluate job on the queue.", no_args_is_help=True)
 
-_train = TrainConfig.model_fields
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when the worker has it, else the CPU), cpu, cuda or cuda:N.")]
 QueueOption = Annotated[Optional[str], typer.Option(
     help="Queue to send to. Default follows --device: cuda -> gpu, cpu -> cpu, auto -> default.")]
@@ -31,7 +30,7 @@ def _default(name: str) -> str:
 def train(
     recipe: Annotated[str, typer.Option(
         help="tutorial (the PyTorch tutorial's Net and SGD) or fast (airbench94-style ResNet-ish net, "
-             "whitening, label smoothing, lookahead, test-time augmentation).")] = _train["recipe"].default,
+             "whitening, label smoothing, lookahead, test-time augmentation).")] = DEFAULT_RECIPE,
     epochs: Annotated[Optional[int], typer.Option(
         help=f"Passes over the training set (default {_default('epochs')}).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
@@ -43,7 +42,7 @@ def train(
     width: Annotated[Optional[int], typer.Option(
         help=f"tutorial: channels of the first conv (its exercise); fast: of the first block "
              f"(default {_default('width')}).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seeds the weights and the shuffling.")] = _train["seed"].default,
+    seed: Annotated[int, typer.Option(help="Seeds the weights and the shuffling.")] = DEFAULT_SEED,
     log_every: Annotated[Optional[int], typer.Option(
         help=f"Mini-batches between log lines (default {_default('log_every')}).", show_default=False)] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(
@@ -59,6 +58,8 @@ def train(
 
     Example: cifarq submit train --epochs 2 --json; cifarq submit train --recipe fast
     """
+    from shared.jobspec import TrainConfig, parse_config
+
     config = parse_config(TrainConfig, dict(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                                             momentum=momentum, width=width, seed=seed, log_every=log_every,
                                             label_smoothing=label_smoothing, tta_level=tta_level, device=device))
@@ -80,8 +81,11 @@ def evaluate(
 
     Example: cifarq submit evaluate --checkpoint 3f2a9c1e:2
     """
+    from shared.jobspec import EvaluateConfig, parse_config
+
     if (checkpoint is None) == (weights is None):
         raise CifarqError("give exactly one of --checkpoint JOB[:EPOCH] or --weights FILE")
+    parse_config(EvaluateConfig, dict(device=device))  # a bad flag is reported before any look-up
     if checkpoint is not None:
         from shared.db import session_scope
         from shared.jobs import find_checkpoint

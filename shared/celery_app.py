@@ -42,6 +42,7 @@ def make_app() -> Celery:
             folder.mkdir(parents=True, exist_ok=True)
         transport_options.update({key: str(value) for key, value in folders.items()})
         transport_options["polling_interval"] = 0.2
+    transport_options.update(settings.broker_transport_options)
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

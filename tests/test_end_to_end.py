@@ -79,6 +79,14 @@ def test_train_then_evaluate_its_checkpoint(backend_env, tmp_path):
     for c in checkpoints:
         assert hashlib.sha256(c.weights).hexdigest() == c.sha256 and len(c.weights) == c.size
 
+    # TensorBoard event files under the artifacts directory, with the loss of every epoch.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(env.home / "artifacts" / job_id / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
+    assert events.Scalars("test/accuracy")[-1].value == pytest.approx(results["accuracy"])
+
     log = env.cli("logs", job_id).stdout
     assert "[1,    10] loss:" in log and "Finished Training" in log
     assert "Accuracy of the network on the 100 test images" in log

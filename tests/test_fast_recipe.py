@@ -11,6 +11,7 @@ from shared.errors import CifarqError
 from shared.jobspec import TrainConfig, parse_config
 from tests.conftest import make_env
 from tests.fakedata import write_cifar10
+from tests.recording_hooks import Recorder
 from worker.model import model_from_state_dict
 from worker.recipes.fast import FastNet, triangle
 from worker.train import Resume, train
@@ -18,14 +19,6 @@ from worker.train import Resume, train
 TINY = ["--recipe", "fast", "--epochs", "2", "--batch-size", "50", "--width", "8", "--log-every", "2", "--seed", "3"]
 
 
-class Recorder:
-    def __init__(self):
-        self.epochs, self.lines = [], []
-
-    def progress(self, **_): pass
-    def log(self, line): self.lines.append(line)
-    def should_stop(self): return False
-    def epoch_done(self, **kwargs): self.epochs.append(kwargs)
 
 
 def test_recipe_defaults_and_flags():

@@ -8,29 +8,9 @@ import torch
 
 from shared.jobspec import TrainConfig
 from tests.fakedata import write_cifar10
+from tests.recording_hooks import Recorder
 from worker.checkpoints import CheckpointError, load_bytes
 from worker.train import Resume, StopRequested, train
-
-
-class Recorder:
-    """TrainHooks that keep each epoch's checkpoint, and can stop the loop after some steps."""
-
-    def __init__(self, stop_after_steps: int | None = None):
-        self.checkpoints: dict[int, tuple[bytes, bytes]] = {}
-        self.steps = 0
-        self.stop_after_steps = stop_after_steps
-
-    def progress(self, **_):
-        self.steps += 1
-
-    def log(self, line):
-        pass
-
-    def should_stop(self):
-        return self.stop_after_steps is not None and self.steps >= self.stop_after_steps
-
-    def epoch_done(self, *, epoch, weights, train_state, **_):
-        self.checkpoints[epoch] = (weights, train_state)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +27,8 @@ def test_resume_is_bit_identical(data_dir):
     interrupted = Recorder(stop_after_steps=25 + 10)
     with pytest.raises(StopRequested):
         train(config, data_dir=data_dir, device=cpu, hooks=interrupted)
-    assert list(interrupted.checkpoints) == [1]
-    weights, train_state = interrupted.checkpoints[1]
+    assert [r["epoch"] for r in interrupted.epochs] == [1]
+    weights, train_state = interrupted.checkpoint(1)
     state = load_bytes(train_state, expected_sha256=None, what="state")
     resume = Resume(model_state=load_bytes(weights, expected_sha256=None, what="weights"),
                     optimizer_state=state["optimizer"], epochs_done=state["epochs_done"])
@@ -64,7 +44,7 @@ def test_resume_is_bit_identical(data_dir):
 def test_checkpoint_with_a_changed_byte_is_refused(data_dir):
     hooks = Recorder()
     train(TrainConfig(epochs=1), data_dir=data_dir, device=torch.device("cpu"), hooks=hooks)
-    weights, _ = hooks.checkpoints[1]
+    weights, _ = hooks.checkpoint(1)
     import hashlib
 
     digest = hashlib.sha256(weights).hexdigest()

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from shared.jobspec import TrainConfig
 from tests.fakedata import write_cifar10
+from tests.recording_hooks import Recorder
 from worker.data import load_split
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
@@ -19,14 +20,6 @@ from worker.train import Resume, train
 CPU = torch.device("cpu")
 
 
-class Recorder:
-    def __init__(self):
-        self.epochs, self.lines = [], []
-
-    def progress(self, **_): pass
-    def log(self, line): self.lines.append(line)
-    def should_stop(self): return False
-    def epoch_done(self, **kwargs): self.epochs.append(kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.db import retry_while_unreachable, session_scope

@@ -12,11 +12,10 @@ import os
 import signal
 from pathlib import Path
 
-from celery.signals import worker_process_init, worker_shutting_down
-
 # Imported once in the parent so that each fresh child starts in milliseconds. Importing torch
 # does not initialise CUDA; only a CUDA call does, and those happen in the child only.
 import torch  # noqa: F401
+from celery.signals import worker_process_init, worker_shutting_down
 
 from shared.celery_app import RUN_JOB_TASK, get_app
 from shared.db import reset_after_fork

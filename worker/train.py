@@ -111,16 +111,11 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
             else:
                 loss_sum += step_fn(inputs, targets)
 
+            window = None
             if (step + 1) % config.log_every == 0:  # the tutorial prints every 2000 mini-batches
                 total = loss_sum.item()
-                window = (total - logged_sum) / config.log_every
-                logged_sum = total
-                hooks.log(f"[{epoch + 1}, {step + 1:5d}] loss: {window:.3f}")
-                hooks.progress(epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
-            else:
-                hooks.progress(epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch)
-            if hooks.should_stop():
-                raise StopRequested(f"stopped in epoch {epoch + 1} at step {step + 1}")
+                window, logged_sum = (total - logged_sum) / config.log_every, total
+            report_step(hooks, epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
 
         epoch_loss = loss_sum.item() / steps_per_epoch
         seconds = time.perf_counter() - started
@@ -134,6 +129,16 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
                                                "config": config.model_dump()}))
     hooks.log("Finished Training")
     return model
+
+
+def report_step(hooks: TrainHooks, *, epoch: int, step: int, steps_per_epoch: int, loss: Optional[float]) -> None:
+    """After mini-batch `step` (from 1) of epoch `epoch` (from 0): the tutorial's log line when a
+    loss was read, progress always, then the safe point where a cancel or a stop takes effect."""
+    if loss is not None:
+        hooks.log(f"[{epoch + 1}, {step:5d}] loss: {loss:.3f}")
+    hooks.progress(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, loss=loss)
+    if hooks.should_stop():
+        raise StopRequested(f"stopped in epoch {epoch + 1} at step {step}")
 
 
 def capture_step(step_fn: TutorialStep, batch_size: int, device: torch.device, hooks: TrainHooks):

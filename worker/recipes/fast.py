@@ -140,7 +140,7 @@ def augmented_epoch(images: torch.Tensor, seed: int, epoch: int) -> torch.Tensor
 # ----------------------------------------------------------------------------- training
 def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks, resume=None,
                train_set: Optional[Split] = None) -> FastNet:
-    from worker.train import StopRequested, to_bytes
+    from worker.train import report_step, to_bytes
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -211,14 +211,9 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 compile_seconds = time.perf_counter() - step_started
-            if (step + 1) % config.log_every == 0:
-                window = loss_sum.item() / (step + 1)
-                hooks.log(f"[{epoch + 1}, {step + 1:5d}] loss: {window:.3f}")
-                hooks.progress(epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
-            else:
-                hooks.progress(epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch)
-            if hooks.should_stop():
-                raise StopRequested(f"stopped in epoch {epoch + 1} at step {step + 1}")
+            # The mean loss of the epoch so far (read from the device only at log points).
+            window = loss_sum.item() / (step + 1) if (step + 1) % config.log_every == 0 else None
+            report_step(hooks, epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
         if epoch + 1 == config.epochs:
             blend_lookahead(model, lookahead, 1.0)  # the final weights are the lookahead's
         epoch_loss = loss_sum.item() / steps_per_epoch
