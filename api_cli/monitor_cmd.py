@@ -5,22 +5,14 @@ row, so the queue's depth is a query. Workers are the rows their launchers keep 
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Optional
 
 import typer
 
 from api_cli.options import JsonOption
 from api_cli.output import print_json, print_table, say
-
-
-def _aware(value: Optional[datetime]) -> Optional[datetime]:
-    # SQLite hands back naive datetimes; every time cifarq stores is UTC.
-    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _iso(value: Optional[datetime]) -> Optional[str]:
-    return None if value is None else _aware(value).isoformat()
+from shared.clock import as_utc, iso, utcnow
 
 
 def _age(seconds: float) -> str:
@@ -38,16 +30,16 @@ def worker_rows(*, session, stale_after: float, now: Optional[datetime] = None) 
 
     from shared.models import Job, JobStatus, WorkerRecord
 
-    now = now or datetime.now(timezone.utc)
+    now = now or utcnow()
     running = {job.worker: job for job in session.scalars(select(Job).where(Job.status == JobStatus.running))}
     rows = []
     for record in session.scalars(select(WorkerRecord).order_by(WorkerRecord.host, WorkerRecord.name)):
-        age = (now - _aware(record.heartbeat_at)).total_seconds()
+        age = (now - as_utc(record.heartbeat_at)).total_seconds()
         job = running.get(record.name)
         rows.append({
             "name": record.name, "host": record.host, "queues": record.queues.split(","), "device": record.device,
             "gpu_index": record.gpu_index, "gpu_name": record.gpu_name, "pid": record.pid,
-            "started_at": _iso(record.started_at), "heartbeat_at": _iso(record.heartbeat_at),
+            "started_at": iso(record.started_at), "heartbeat_at": iso(record.heartbeat_at),
             "heartbeat_age_seconds": round(age, 1), "stale": age > stale_after,
             "job": None if job is None else {"id": job.id, "epoch": job.epoch, "epochs": job.params.get("epochs"),
                                              "step": job.step, "steps_per_epoch": job.steps_per_epoch},
@@ -93,7 +85,7 @@ def queue_rows(*, session, now: Optional[datetime] = None) -> list[dict[str, Any
 
     from shared.models import Job, JobStatus
 
-    now = now or datetime.now(timezone.utc)
+    now = now or utcnow()
     counts = session.execute(select(Job.queue, Job.status, func.count()).where(
         Job.status.in_([JobStatus.queued, JobStatus.running])).group_by(Job.queue, Job.status)).all()
     rows: dict[str, dict[str, Any]] = {}
@@ -104,8 +96,8 @@ def queue_rows(*, session, now: Optional[datetime] = None) -> list[dict[str, Any
         if row["queued"]:
             oldest = session.scalars(select(Job).where(Job.queue == queue, Job.status == JobStatus.queued)
                                      .order_by(Job.created_at, Job.id).limit(1)).first()
-            row["oldest"] = {"id": oldest.id, "created_at": _iso(oldest.created_at),
-                             "waiting_seconds": round((now - _aware(oldest.created_at)).total_seconds(), 1)}
+            row["oldest"] = {"id": oldest.id, "created_at": iso(oldest.created_at),
+                             "waiting_seconds": round((now - as_utc(oldest.created_at)).total_seconds(), 1)}
     return [rows[name] for name in sorted(rows)]
 
 

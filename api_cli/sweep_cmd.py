@@ -18,9 +18,6 @@ from shared.errors import CifarqError
 SWEPT = ("lr", "width", "batch_size", "momentum", "seed", "epochs")
 MAX_JOBS = 1000  # a typo like --seed 0,1,...,9999 should not flood the queue
 
-ListOption = Annotated[Optional[str], typer.Option(show_default=False)]
-
-
 def parse_list(flag: str, text: Optional[str], convert: Callable[[str], object]) -> Optional[list]:
     """'0.01,0.001' -> [0.01, 0.001]; None stays None (the recipe's default)."""
     if text is None:

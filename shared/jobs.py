@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.clock import iso
 from shared.errors import CifarqError
 from shared.models import Checkpoint, Job, JobKind, JobStatus, LogLine, Result
 
@@ -88,13 +88,6 @@ def log_lines_after(*, session: Session, job_id: str, after_id: int = 0) -> list
     return list(session.scalars(query))
 
 
-def _iso(value: Optional[datetime]) -> Optional[str]:
-    if value is None:
-        return None
-    # SQLite hands back naive datetimes; every time cifarq stores is UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
-
-
 def job_to_dict(job: Job) -> dict[str, Any]:
     """The status object that scripts rely on (field names fixed)."""
     return {
@@ -115,10 +108,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
             "loss": job.loss,
         },
         "metrics": {"test_accuracy": job.test_accuracy},
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "heartbeat_at": _iso(job.heartbeat_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "heartbeat_at": iso(job.heartbeat_at),
         "sweep_id": job.sweep_id,
     }
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Optional
 
 from sqlalchemy import (
@@ -20,11 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.clock import utcnow
 from shared.states import JobKind, JobStatus
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def new_job_id() -> str:

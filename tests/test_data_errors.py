@@ -53,7 +53,7 @@ def test_archive_is_extracted_when_the_folder_is_absent(tmp_path, broken_data):
     assert split.classes[0] == "airplane"
 
 
-def test_job_without_data_fails_with_the_reason(tmp_path, small_cifar):
+def test_job_without_data_fails_with_the_reason(tmp_path):
     # This machine is offline: with no data set, the download fails and the job says why.
     env, _ = make_env("sqlite", tmp_path / "home", tmp_path / "empty-data")
     env.start_worker()

@@ -11,7 +11,8 @@ from typing import Optional
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result, utcnow
+from shared.clock import as_utc, utcnow
+from shared.models import Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result
 
 
 class LeaseLost(Exception):
@@ -36,7 +37,7 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
         return None
     now = utcnow()
     stale = now - timedelta(seconds=stale_after)
-    if job.status == JobStatus.running and job.heartbeat_at and _aware(job.heartbeat_at) > stale:
+    if job.status == JobStatus.running and job.heartbeat_at and as_utc(job.heartbeat_at) > stale:
         return None
     if job.cancel_requested:
         _finish_unowned(session, job_id, JobStatus.cancelled, "cancelled before it started")
@@ -127,9 +128,3 @@ def hand_back(*, session: Session, claim: Claim, reason: str) -> None:
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-def _aware(value):
-    # SQLite hands back naive datetimes; every time cifarq stores is UTC.
-    from datetime import timezone
-
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
