@@ -4,6 +4,9 @@
 FROM python:3.11-slim
 
 # NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA container runtime mounts in (CUDA, nvidia-smi).
+# No C++ compiler in the image: GPU jobs do not need one, and a CPU worker run from it trains the
+# tutorial step eagerly (CIFARQ_CPU_COMPILE=auto says so in the job's log). Add `g++` to compile
+# the step there (README, Configuration).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -36,6 +36,9 @@ class Settings:
     visibility_timeout_seconds: int = 7 * 24 * 3600
     # Extra kombu transport options, as JSON (e.g. Redis Sentinel's master_name); they win over ours.
     broker_transport_options: dict = dataclasses.field(default_factory=dict)
+    # CPU jobs: compile the tutorial step with torch.compile when the job is long enough (auto),
+    # always, or never (worker/train.py, COMPILE_MIN_STEPS).
+    cpu_compile: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "always", "never")})
 
     @classmethod
     def from_env(cls, environ: Optional[dict[str, str]] = None) -> "Settings":
@@ -94,6 +97,9 @@ def _parse(field: dataclasses.Field, raw: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return value
+        choices = field.metadata.get("choices")
+        if choices and raw not in choices:
+            raise CifarqError(f"invalid {name} {raw!r}: expected one of {', '.join(choices)}")
         return raw
     except ValueError:
         expected = {"int": "a whole number", "float": "a positive number", "dict": "a JSON object"}[kind]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -102,10 +104,25 @@ class Env:
         self.workers.clear()
 
 
+def pytest_configure(config):
+    # One torch.compile cache for the session, shared with the workers the tests start: the
+    # default step's compile (~50 s on 2 cores) is then paid once, by whichever test compiles first.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        config._cifarq_inductor_cache = tempfile.mkdtemp(prefix="cifarq-test-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = config._cifarq_inductor_cache
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_cifarq_inductor_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def _base_env(home: Path, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARQ_")}
     env.update(CIFARQ_HOME=str(home), CIFARQ_DATA_DIR=str(data_dir), CIFARQ_HEARTBEAT_SECONDS="0.5",
-               PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1",
                # Several workers share 2 cores in these tests; spinning OpenMP threads would
                # starve each other (batch-4 steps gain nothing from a second thread anyway).
                OMP_NUM_THREADS="1")

@@ -13,7 +13,7 @@ from tests.conftest import make_env
 from tests.fakedata import write_cifar10
 from tests.recording_hooks import Recorder
 from worker.model import model_from_state_dict
-from worker.recipes.fast import FastNet, triangle
+from worker.recipes.fast import WEIGHT_DECAY, FastNet, make_optimizer, triangle
 from worker.train import Resume, train
 
 TINY = ["--recipe", "fast", "--epochs", "2", "--batch-size", "50", "--width", "8", "--log-every", "2", "--seed", "3"]
@@ -103,3 +103,27 @@ def test_fast_job_through_the_queue(sqlite_worker_env):
 def test_fast_only_flag_refused_by_the_cli(sqlite_worker_env):
     result = sqlite_worker_env.cli("submit", "train", "--tta-level", "1", check=False)
     assert result.returncode != 0 and "invalid --tta-level 1: only --recipe fast has it" in result.stderr
+
+
+def test_weight_decay_per_step_is_airbenchs_in_every_group():
+    # airbench94: each weight shrinks by 0.0153 * batch / (1024 * (1 + 1/(1 - momentum))) per step,
+    # times the schedule, for the 64x-rate BatchNorm biases too. torch's SGD multiplies
+    # weight_decay by the group's rate, so that product is what must come out.
+    config = TrainConfig(recipe="fast")
+    model = FastNet(width=8)
+    optimizer = make_optimizer(model, config, batch_size=1024)
+    expected = WEIGHT_DECAY * 1024 / (1024 * (1 + 1 / (1 - config.momentum)))
+    biases, others = optimizer.param_groups
+    assert biases["lr"] == pytest.approx(64 * others["lr"])
+    for group in optimizer.param_groups:
+        assert group["lr"] * group["weight_decay"] == pytest.approx(expected)
+        assert group["initial_lr"] == group["lr"] and group["nesterov"]
+    # And it is what one step does: a zero gradient leaves only the decay, which the first
+    # Nesterov step applies (1 + momentum) times (its buffer starts at the gradient).
+    weight = model.head.weight
+    before = weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    optimizer.step()
+    assert torch.allclose(weight, before * (1 - (1 + config.momentum) * expected), atol=1e-7)
+    assert model.whiten.bias.abs().max() == 0, "airbench's whitening bias starts at zero"

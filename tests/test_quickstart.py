@@ -46,7 +46,10 @@ def fresh(tmp_path_factory, small_cifar):
            if not k.startswith(("CIFARQ_", "PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if not p.startswith(str(REPO / ".venv")))
-    env.update(CIFARQ_HOME=str(home), CIFARQ_DATA_DIR=str(small_cifar))
+    env.update(CIFARQ_HOME=str(home), CIFARQ_DATA_DIR=str(small_cifar),
+               # pip's byte-compiling of torch's thousands of files is most of a minute on 2 cores;
+               # Python compiles what it imports anyway. The script itself runs unchanged.
+               PIP_NO_COMPILE="1")
     yield checkout, home, env
     state = home / "local-worker.json"
     if state.exists():  # a failed test must not leave a worker behind

@@ -12,7 +12,7 @@ import torch.nn as nn
 from shared.jobspec import TrainConfig
 from tests.fakedata import write_cifar10
 from tests.recording_hooks import Recorder
-from worker.data import load_split
+from worker.data import Split, load_split
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
 from worker.train import Resume, train
@@ -135,3 +135,40 @@ def test_max_pool_and_its_gradient_match_max_pool2d_with_ties():
     pooled, route = max_pool(z)
     assert torch.equal(pooled, reference.detach())
     assert torch.equal(max_pool_backward(grad, route), reference_in.grad)
+
+
+def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
+    # Batch 4 (the default's shapes, so the compile is shared with a real-data job through the
+    # session's cache) over 198 images: 49 compiled steps and one short eager step per epoch.
+    config = TrainConfig(epochs=2, lr=0.01, seed=5, log_every=1000)
+    full = load_split(data_dir, train=True)
+    split = Split(full.images[:198], full.labels[:198], full.classes)
+    hooks = Recorder()
+    model = train(config, data_dir=data_dir, device=CPU, hooks=hooks, train_set=split, cpu_compile="always")
+    assert any(line.startswith("step compiled in") for line in hooks.lines), hooks.lines
+    assert max_difference(model, reference_loop(config, split, epochs=2)) < 1e-5
+
+
+def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch):
+    from worker.train import COMPILE_MIN_STEPS, compile_step
+
+    torch.manual_seed(0)
+    model = Net()
+    step = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    hooks = Recorder()
+    assert compile_step(step, hooks, mode="auto", steps=COMPILE_MIN_STEPS - 1) is None
+    assert compile_step(step, hooks, mode="never", steps=10 * COMPILE_MIN_STEPS) is None
+    assert compile_step(step, hooks, mode="auto", steps=COMPILE_MIN_STEPS) is not None
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert compile_step(step, hooks, mode="always", steps=1) is None
+    assert hooks.lines == ["no C++ compiler (no-such-compiler) for torch.compile on this worker; the step runs eagerly"]
+
+
+def test_cpu_compile_setting_is_checked():
+    from shared.errors import CifarqError
+    from shared.settings import Settings
+
+    assert Settings.from_env({}).cpu_compile == "auto"
+    assert Settings.from_env({"CIFARQ_CPU_COMPILE": "never"}).cpu_compile == "never"
+    with pytest.raises(CifarqError, match=r"^invalid CIFARQ_CPU_COMPILE 'sometimes': expected one of auto, always, never$"):
+        Settings.from_env({"CIFARQ_CPU_COMPILE": "sometimes"})

@@ -107,6 +107,9 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
         with session_scope() as session:
             registry.register_worker(session=session, **record)
         # The child first: preexec_fn is only safe while this process has no other thread.
+        env["CIFARQ_WORKER_DEVICE"] = record["device"]  # worker/tasks.py: no CUDA-touching warm-up on a GPU worker
+        if leased:  # torch.cuda.is_available() through NVML in the parent: no CUDA driver state to fork
+            env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         child = subprocess.Popen(celery_command(queues=queues, name=name, loglevel=loglevel,
                                                 device=record["device"]), env=env,
                                  preexec_fn=_die_with_parent)

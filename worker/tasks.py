@@ -27,7 +27,12 @@ app = get_app()
 def _warm_up() -> None:
     """One tiny CPU step in the parent, so that every forked child inherits what the first step
     imports lazily (torch.optim pulls in torch._dynamo: about 2 s, for every job otherwise).
-    One thread only: no OpenMP team may exist in the parent when it forks."""
+    One thread only: no OpenMP team may exist in the parent when it forks.
+
+    CPU workers only. The first backward() starts autograd's per-device threads, and counting
+    the CUDA devices initialises the CUDA driver: every forked child then fails its first CUDA
+    call with "CUDA error: initialization error" (seen on an H200). A GPU worker's jobs pay the
+    2 s instead; each runs in a fresh process anyway."""
     from worker.model import Net
 
     threads = torch.get_num_threads()
@@ -45,7 +50,8 @@ def _warm_up() -> None:
         pass
 
 
-_warm_up()
+if os.environ.get("CIFARQ_WORKER_DEVICE") == "cpu":  # set by `cifarq worker` (worker/launcher.py)
+    _warm_up()
 
 # The launcher sends this to the job's process when the worker is asked to stop (SIGTERM,
 # `docker compose stop`): the job checkpoints at its next safe point and goes back to the queue.

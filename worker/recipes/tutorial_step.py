@@ -90,7 +90,11 @@ class TutorialStep:
         grads = [gz1.mm(cols1.t()).view_as(w1), gz1.sum(1), gz2.mm(cols2.t()).view_as(w2), gz2.sum(1),
                  g3.t().mm(f), g3.sum(0), g4.t().mm(h3), g4.sum(0), g5.t().mm(h4), g5.sum(0)]
         # -- SGD with momentum, as torch.optim.SGD does it: buf = m * buf + g; p -= lr * buf --
-        if self.momentum:  # one fused kernel for all ten tensors (SGD(fused=True) without its Python)
+        if self.momentum and torch.compiler.is_compiling():  # _fused_sgd_ cannot be traced; inductor fuses these
+            torch._foreach_mul_(self.buffers, self.momentum)
+            torch._foreach_add_(self.buffers, grads)
+            torch._foreach_add_(self.params, self.buffers, alpha=-self.lr)
+        elif self.momentum:  # one fused kernel for all ten tensors (SGD(fused=True) without its Python)
             torch._fused_sgd_(self.params, grads, self.buffers, weight_decay=0.0, momentum=self.momentum,
                               lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
         else:
