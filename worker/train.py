@@ -203,8 +203,8 @@ class CompiledStep:
     def __init__(self, step_fn: TutorialStep, hooks: TrainHooks):
         import torch._inductor.config as inductor_config
 
-        # In this process: a job runs in a daemonic pool process, and the compile takes little
-        # from a second core that the job's data work wants anyway.
+        # Compile in this process rather than in a pool of compiler processes: a job runs in a
+        # daemonic Celery pool process, and on a 2-core worker they would compete with it.
         inductor_config.compile_threads = 1
         self.eager, self.hooks = step_fn, hooks
         self.compiled = torch.compile(step_fn.__call__, fullgraph=True, dynamic=False)
