@@ -43,6 +43,10 @@ from worker.data import Split  # noqa: E402
 from worker.train import train  # noqa: E402
 
 
+# train() reads the data set only when it is not handed one; every row here is handed one.
+DATA_READ_BY_MAIN = Path("(read once by main())")
+
+
 class OfflineCIFAR10(torchvision.datasets.CIFAR10):
     """torchvision's CIFAR10 minus its md5 checks; images still go through PIL one by one."""
 
@@ -97,18 +101,23 @@ class Quiet:
     def epoch_done(self, **_): pass
 
 
-def cifarq_recipe(data_dir: Path, epochs: int, device: torch.device, seed: int = 0) -> dict:
-    config = TrainConfig(epochs=epochs, seed=seed)
-    train_set, test_set = load_split(data_dir, train=True), load_split(data_dir, train=False)
+def timed_train(config: TrainConfig, train_set: Split, device: torch.device) -> tuple[nn.Module, float, list[str]]:
+    """worker/train.py's train() on a set already in memory (read once for every row): the
+    model, its wall seconds, its log lines."""
     hooks = Timings()
     started = time.perf_counter()
-    model = train(config, data_dir=data_dir, device=device, hooks=hooks, train_set=train_set)
+    model = train(config, data_dir=DATA_READ_BY_MAIN, device=device, hooks=hooks, train_set=train_set)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    return model, time.perf_counter() - started, hooks.lines
+
+
+def cifarq_recipe(splits: tuple[Split, Split], epochs: int, device: torch.device, seed: int = 0) -> dict:
+    train_set, test_set = splits
+    model, seconds, lines = timed_train(TrainConfig(epochs=epochs, seed=seed), train_set, device)
     result = evaluate(model, test_set, device=device)
     # On the CPU the step may be compiled (worker/train.py): its time is inside `seconds`, and apart here.
-    compiled = next((float(m.group(1)) for line in hooks.lines if (m := re.match(r"step compiled in ([0-9.]+) s", line))),
+    compiled = next((float(m.group(1)) for line in lines if (m := re.match(r"step compiled in ([0-9.]+) s", line))),
                     None)
     row = {"seconds": seconds, "images_per_second": epochs * len(train_set) / seconds, "accuracy": result.accuracy,
            "seed": seed, "compile_seconds": compiled}
@@ -117,10 +126,10 @@ def cifarq_recipe(data_dir: Path, epochs: int, device: torch.device, seed: int =
     return row
 
 
-def autograd_step(data_dir: Path, epochs: int, device: torch.device) -> dict:
+def autograd_step(splits: tuple[Split, Split], epochs: int, device: torch.device) -> dict:
     """cifarq's loop before issue 5: same data path and batches, the autograd step, 2 threads."""
     config = TrainConfig(epochs=epochs)
-    train_set, test_set = load_split(data_dir, train=True), load_split(data_dir, train=False)
+    train_set, test_set = splits
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     torch.manual_seed(config.seed)
     model = Net(config.width).to(device)
@@ -153,23 +162,18 @@ class Timings(Quiet):
         self.lines.append(line)
 
 
-def fast_recipe(data_dir: Path, epochs: int, device: torch.device, train_images: int, test_images: int,
-                seed: int = 0) -> dict:
-    full_train, full_test = load_split(data_dir, train=True), load_split(data_dir, train=False)
+def fast_recipe(splits: tuple[Split, Split], epochs: int, device: torch.device, train_images: int,
+                test_images: int, seed: int = 0) -> dict:
+    full_train, full_test = splits
     train_set = Split(full_train.images[:train_images], full_train.labels[:train_images], full_train.classes)
     test_set = Split(full_test.images[:test_images], full_test.labels[:test_images], full_test.classes)
     config = TrainConfig(recipe="fast", epochs=epochs, seed=seed)
-    hooks = Timings()
-    started = time.perf_counter()
-    model = train(config, data_dir=data_dir, device=device, hooks=hooks, train_set=train_set)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    model, seconds, lines = timed_train(config, train_set, device)
     eval_started = time.perf_counter()
     result = evaluate(model, test_set, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    timing = next((line for line in hooks.lines if line.startswith("timing:")), None)
+    timing = next((line for line in lines if line.startswith("timing:")), None)
     train_only = re.search(r"training ([0-9.]+) s", timing or "")
     return {"seed": seed, "train_seconds_excluding_first_step": float(train_only.group(1)) if train_only else None,
             "seconds": seconds, "images_per_second": epochs * (len(train_set) // min(config.batch_size, len(train_set)))
@@ -208,6 +212,7 @@ def main() -> None:
     cpu = device.type == "cpu"
     skip = set(filter(None, args.skip.split(",")))
 
+    splits = (load_split(data_dir, train=True), load_split(data_dir, train=False))  # once, for every cifarq row
     rows = {}
     seeds = [int(seed) for seed in args.seeds.split(",")]
     suffix = (lambda seed: f", seed {seed}") if len(seeds) > 1 else (lambda seed: "")
@@ -215,10 +220,10 @@ def main() -> None:
         for seed in seeds:
             rows["tutorial loop" + suffix(seed)] = attempt(tutorial_loop, data_dir, args.epochs, device, seed)
     if "autograd" not in skip:
-        rows["autograd step (previous default)"] = attempt(autograd_step, data_dir, args.epochs, device)
+        rows["autograd step (previous default)"] = attempt(autograd_step, splits, args.epochs, device)
     if "default" not in skip:
         for seed in seeds:
-            rows["cifarq default (tutorial recipe)" + suffix(seed)] = attempt(cifarq_recipe, data_dir, args.epochs,
+            rows["cifarq default (tutorial recipe)" + suffix(seed)] = attempt(cifarq_recipe, splits, args.epochs,
                                                                               device, seed)
     fast_seeds = [int(seed) for seed in args.fast_seeds.split(",")]
     if "fast" not in skip:
@@ -228,7 +233,7 @@ def main() -> None:
                                                  args.fast_test_images or (2000 if cpu else 10_000))
             rows[f"cifarq --recipe fast ({epochs} ep, {train_images} train / {test_images} test images)"
                  f"{', seed %d' % seed if len(fast_seeds) > 1 else ''}"] = attempt(
-                fast_recipe, data_dir, epochs, device, train_images, test_images, seed)
+                fast_recipe, splits, epochs, device, train_images, test_images, seed)
     base = next(row["images_per_second"] for row in rows.values() if "error" not in row)
     print(f"{'loop':62s} {'images/s':>9s} {'x first':>8s} {'seconds':>8s} {'accuracy':>8s}")
     for name, row in rows.items():

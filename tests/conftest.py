@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,14 +177,24 @@ def make_env(backend: str, home: Path, data_dir: Path) -> tuple[Env, callable]:
     return env, lambda: drop_postgres_database(database)
 
 
+@contextmanager
+def env_with_worker(backend: str, home: Path, data_dir: Path):
+    """An installation on `backend` with one running worker; its workers stopped and its
+    database dropped afterwards, also when the worker fails to start."""
+    env, cleanup = make_env(backend, home, data_dir)
+    try:
+        env.start_worker()
+        yield env
+    finally:
+        env.stop_workers()
+        cleanup()
+
+
 @pytest.fixture(params=BACKENDS, scope="module")
 def backend_env(request, tmp_path_factory, small_cifar):
     """A cifarq installation on each backend, with one running worker."""
-    env, cleanup = make_env(request.param, tmp_path_factory.mktemp(request.param), small_cifar)
-    env.start_worker()
-    yield env
-    env.stop_workers()
-    cleanup()
+    with env_with_worker(request.param, tmp_path_factory.mktemp(request.param), small_cifar) as env:
+        yield env
 
 
 @pytest.fixture

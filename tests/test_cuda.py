@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from shared.jobspec import TrainConfig
-from tests.conftest import make_env
+from tests.conftest import env_with_worker
 from tests.fakedata import write_cifar10
 from tests.recording_hooks import Recorder
 from tests.test_training import max_difference, reference_loop
@@ -64,15 +64,13 @@ def test_fast_recipe_trains_in_bfloat16_and_evaluates_with_tta(tmp_path):
     result = evaluate(model, load_split(data_dir, train=False), device=CUDA)
     assert result.accuracy > 0.5, f"fast recipe on the GPU: {result.accuracy:.2%} on an easy set"
     # A checkpoint written on the GPU rebuilds the fast network (for evaluate jobs anywhere).
-    weights, train_state = hooks.checkpoint(2)
+    weights, _ = hooks.checkpoint(2)
     restored = model_from_state_dict(torch.load(io.BytesIO(weights), weights_only=True), recipe="fast")
     assert restored.block1.conv1.out_channels == 16
 
 
 def test_a_job_through_the_queue_runs_on_the_gpu(tmp_path, small_cifar):
-    env, cleanup = make_env("sqlite", tmp_path / "home", small_cifar)
-    try:
-        env.start_worker()
+    with env_with_worker("sqlite", tmp_path / "home", small_cifar) as env:
         job_id = env.submit_train("--epochs", "2", "--seed", "1")  # --device auto
         assert env.cli("wait", job_id, "--timeout", "300", check=False).returncode == 0
         status = env.cli_json("status", job_id)
@@ -82,6 +80,3 @@ def test_a_job_through_the_queue_runs_on_the_gpu(tmp_path, small_cifar):
         evaluated = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]
         assert env.cli("wait", evaluated, "--timeout", "300", check=False).returncode == 0
         assert env.cli_json("results", evaluated)["confusion_matrix"] == results["confusion_matrix"]
-    finally:
-        env.stop_workers()
-        cleanup()

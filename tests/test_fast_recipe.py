@@ -9,7 +9,7 @@ import torch
 
 from shared.errors import CifarqError
 from shared.jobspec import TrainConfig, parse_config
-from tests.conftest import make_env
+from tests.conftest import env_with_worker
 from tests.fakedata import write_cifar10
 from tests.recording_hooks import Recorder
 from worker.model import model_from_state_dict
@@ -73,11 +73,8 @@ def test_resume_is_bit_identical(tmp_path):
 def sqlite_worker_env(tmp_path_factory, small_cifar):
     """The embedded default with one real worker. The recipe's code does not touch the backend;
     both backends carry the tutorial recipe in tests/test_end_to_end.py."""
-    env, cleanup = make_env("sqlite", tmp_path_factory.mktemp("fast"), small_cifar)
-    env.start_worker()
-    yield env
-    env.stop_workers()
-    cleanup()
+    with env_with_worker("sqlite", tmp_path_factory.mktemp("fast"), small_cifar) as env:
+        yield env
 
 
 def test_fast_job_through_the_queue(sqlite_worker_env):

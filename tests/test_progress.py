@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from api_cli.progress import ProgressView, format_duration
-from tests.conftest import REPO, make_env
+from tests.conftest import REPO, env_with_worker
 from tests.fakedata import write_cifar10
 
 # 1,500 training images at batch 2: 750 steps per epoch, a second or more each, so that wait sees
@@ -68,11 +68,8 @@ def test_a_terminal_gets_one_bar_per_epoch_redrawn_in_place():
 @pytest.fixture(scope="module")
 def worker_env(tmp_path_factory):
     data = write_cifar10(tmp_path_factory.mktemp("cifar-1500"), train_per_batch=300, test=100)
-    env, cleanup = make_env("sqlite", tmp_path_factory.mktemp("progress"), data)
-    env.start_worker()
-    yield env
-    env.stop_workers()
-    cleanup()
+    with env_with_worker("sqlite", tmp_path_factory.mktemp("progress"), data) as env:
+        yield env
 
 
 def run_on_a_terminal(env, *args) -> tuple[int, str, str]:

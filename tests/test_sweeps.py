@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tests.conftest import make_env
+from tests.conftest import env_with_worker
 
 
 def test_the_grid_is_the_cartesian_product_of_the_lists(sqlite_env):
@@ -51,11 +51,8 @@ def test_one_bad_combination_queues_nothing(sqlite_env, flags, message):
 
 @pytest.fixture(scope="module")
 def worker_env(tmp_path_factory, small_cifar):
-    env, cleanup = make_env("sqlite", tmp_path_factory.mktemp("sweeps"), small_cifar)
-    env.start_worker()
-    yield env
-    env.stop_workers()
-    cleanup()
+    with env_with_worker("sqlite", tmp_path_factory.mktemp("sweeps"), small_cifar) as env:
+        yield env
 
 
 def test_a_finished_sweep_is_ranked_by_accuracy(worker_env):

@@ -108,6 +108,10 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
             registry.register_worker(session=session, **record)
         # The child first: preexec_fn is only safe while this process has no other thread.
         env["CIFARQ_WORKER_DEVICE"] = record["device"]  # worker/tasks.py: no CUDA-touching warm-up on a GPU worker
+        # torch.compile's cache beside the worker's other state (CPU jobs compile their step,
+        # worker/train.py): later jobs, and the next start where CIFARQ_HOME is a volume, skip
+        # the ~50 s first compile.
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(get_settings().home / "cache" / "inductor"))
         if leased:  # torch.cuda.is_available() through NVML in the parent: no CUDA driver state to fork
             env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         child = subprocess.Popen(celery_command(queues=queues, name=name, loglevel=loglevel,

@@ -6,7 +6,6 @@ claimed job is written here, in one place: succeeded, failed with a message, can
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 import threading
@@ -232,9 +231,6 @@ def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
         checkpoint = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
         resume = load_resume(checkpoint) if checkpoint is not None else None
     settings = get_settings()
-    # torch.compile's cache beside the jobs' other state: a worker's later jobs (and its next
-    # start, where CIFARQ_HOME is a volume) skip the ~50 s first compile.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.home / "cache" / "inductor"))
     with TensorBoardLog(_safe_path_part(run.claim.job_id), settings.artifacts) as run.tensorboard:
         model = train(config, data_dir=data_dir, device=device, hooks=run, resume=resume,
                       cpu_compile=settings.cpu_compile)

@@ -221,7 +221,7 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
         hooks.epoch_done(epoch=epoch + 1, loss=epoch_loss, seconds=seconds, images_per_second=images_done / seconds,
                          weights=to_bytes(model.state_dict()),
                          train_state=to_bytes({"optimizer": {"sgd": optimizer.state_dict(),
-                                                             "lookahead": [t.cpu() for t in lookahead]},
+                                                             "lookahead": lookahead},
                                                "epochs_done": epoch + 1, "config": config.model_dump()}))
     hooks.log(f"timing: data loading {data_seconds:.1f} s; first step (kernel selection, warm-up) "
               f"{compile_seconds:.2f} s; training {train_seconds - compile_seconds:.2f} s "
