@@ -58,7 +58,8 @@ def worker(
 
 
 def beat(
-    interval: Annotated[float, typer.Option(help="Seconds between rounds.", min=1)] = 15.0,
+    interval: Annotated[Optional[float], typer.Option(
+        help="Seconds between rounds. Default: CIFARQ_REAP_INTERVAL_SECONDS (15).", min=1)] = None,
 ) -> None:
     """Periodic work: re-queue jobs whose worker stopped sending heartbeats.
 
@@ -66,10 +67,11 @@ def beat(
     """
     import logging
 
+    from shared.settings import get_settings
     from worker.reaper import run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_forever(interval)
+    run_forever(interval, liveness_file=get_settings().liveness_file)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,25 +1,38 @@
 # The light client: cifarq without the `worker` extra, so no torch. docker-compose.yml builds
 # the `client` stage for `cli`, `migrate` and `beat`, and the `flower` stage for Flower.
-FROM python:3.11-slim AS client
+#
+# Build arguments:
+#   PYTHON_IMAGE  the base image: the official one by default; docker/base-images/build.sh makes a
+#                 stand-in from Debian packages for hosts that cannot pull (compose:
+#                 CIFARQ_PYTHON_IMAGE).
+# Build secret:
+#   pip_ca        a CA bundle for pip, behind a TLS-intercepting proxy (docker/pip-install.sh).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS client
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_NO_COMPILE=1 \
+    PATH=/opt/cifarq/bin:$PATH
 
-# Same uid/gid as the worker image.
+# Same uid/gid as the worker image. cifarq lives in a virtual environment of its own, the same
+# way on the official image and on a Debian base whose Python is "externally managed".
 RUN groupadd --system --gid 10001 cifarq \
  && useradd --system --uid 10001 --gid cifarq --home-dir /home/cifarq --create-home \
-        --shell /usr/sbin/nologin cifarq
+        --shell /usr/sbin/nologin cifarq \
+ && python3 -m venv /opt/cifarq \
+ && pip uninstall --quiet --yes setuptools  # what a venv brings beside pip; cifarq's build gets its own
 
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml alone: the base requirements, no extra.
-COPY pyproject.toml ./
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"]))' > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, read from pyproject.toml alone: a code change does not reinstall them.
+COPY pyproject.toml docker/pip-install.sh ./
+RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
+    --mount=type=secret,id=pip_ca \
+    --mount=type=cache,target=/root/.cache/pip \
+    ./pip-install.sh --deps
 
 # worker/ is copied too: `cifarq beat` runs worker.reaper, which needs no torch. torch itself
 # is not installed; only `cifarq worker` imports the modules that need it.
@@ -27,9 +40,11 @@ COPY README.md ./
 COPY shared ./shared
 COPY worker ./worker
 COPY api_cli ./api_cli
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install . \
- && pip check
+RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
+    --mount=type=secret,id=pip_ca \
+    --mount=type=cache,target=/root/.cache/pip \
+    ./pip-install.sh --project \
+ && rm -rf /src/build
 
 USER 10001:10001
 WORKDIR /home/cifarq
@@ -38,11 +53,16 @@ ENTRYPOINT ["cifarq"]
 CMD ["--help"]
 
 
-# Flower, the Celery monitor (compose profile `monitoring`).
+# Flower, the Celery monitor (compose profile `monitoring`): the `monitoring` extra on top.
 FROM client AS flower
 USER root
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install 'flower==2.2.0'
+WORKDIR /src
+RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
+    --mount=type=secret,id=pip_ca \
+    --mount=type=cache,target=/root/.cache/pip \
+    ./pip-install.sh --deps monitoring
+COPY docker/flower-entrypoint.sh /usr/local/bin/flower-entrypoint
 USER 10001:10001
-ENTRYPOINT ["celery"]
-CMD ["-A", "shared.celery_app:app", "flower", "--port=5555"]
+WORKDIR /home/cifarq
+ENTRYPOINT ["flower-entrypoint"]
+CMD ["--port=5555"]

@@ -36,6 +36,9 @@ class Settings:
     visibility_timeout_seconds: int = 7 * 24 * 3600
     # Extra kombu transport options, as JSON (e.g. Redis Sentinel's master_name); they win over ours.
     broker_transport_options: dict = dataclasses.field(default_factory=dict)
+    # A file that `cifarq worker` and `cifarq beat` keep fresh while they work, for a container's
+    # healthcheck (shared/liveness.py); none by default.
+    liveness_file: Optional[Path] = None
     # CPU jobs: compile the tutorial step with torch.compile when the job is long enough (auto),
     # always, or never (worker/train.py, COMPILE_MIN_STEPS).
     cpu_compile: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "always", "never")})
@@ -49,7 +52,7 @@ class Settings:
             if raw is not None and raw != "":
                 values[field.name] = _parse(field, raw)
         settings = cls(**values)
-        for name in ("home", "data_dir", "artifacts_dir"):
+        for name in ("home", "data_dir", "artifacts_dir", "liveness_file"):
             value = getattr(settings, name)
             if value is not None:
                 object.__setattr__(settings, name, value.expanduser())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,33 @@ def test_archive_is_extracted_when_the_folder_is_absent(tmp_path, broken_data):
     split = load_split(fresh, train=True)
     assert split.images.shape == (40, 3, 32, 32) and split.images.dtype.is_floating_point is False
     assert split.classes[0] == "airplane"
+
+
+def test_an_archive_writes_nothing_outside_its_folder(tmp_path, broken_data):
+    """Members that are links, that climb out with `..`, or that sit elsewhere are skipped; the
+    batches themselves are extracted (on any Python 3.11, filters or not)."""
+    import io
+    import tarfile
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(broken_data, arcname="cifar-10-batches-py")
+        for name in ("../escaped", "cifar-10-batches-py/../../escaped", "/tmp/absolute-escape", "elsewhere"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        link = tarfile.TarInfo("cifar-10-batches-py/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    fresh = tmp_path / "a" / "fresh"
+    fresh.mkdir(parents=True)
+    shutil.copy(archive, fresh)
+    assert load_split(fresh, train=True).images.shape == (40, 3, 32, 32)
+    extracted = sorted(p.name for p in (fresh / "cifar-10-batches-py").iterdir())
+    assert extracted == sorted(["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                "data_batch_5", "test_batch"])
+    assert not (tmp_path / "a" / "escaped").exists() and not (fresh / "elsewhere").exists()
+    assert not Path("/tmp/absolute-escape").exists()
 
 
 def test_job_without_data_fails_with_the_reason(tmp_path):

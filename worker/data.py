@@ -4,10 +4,12 @@ No per-image PIL work: batches are index slices, normalised on the device (DESIG
 """
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -76,10 +78,22 @@ def _complete(folder: Path) -> bool:
 
 
 def _extract(archive: Path, data_dir: Path) -> None:
+    """Only the regular files directly in cifar-10-batches-py/ are written, each under its own
+    name: whatever else the archive holds (links, devices, `..`, absolute paths) is skipped. Done
+    by hand rather than with tarfile's extraction filters, which Python 3.11 has only from 3.11.4
+    (Debian 12 ships 3.11.2). Each file appears complete or not at all (written aside, renamed)."""
+    folder = data_dir / BATCHES_DIR
     try:
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(BATCHES_DIR + "/") or m.name == BATCHES_DIR]
-            tar.extractall(data_dir, members=members, filter="data")
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if not member.isfile() or len(parts) != 2 or parts[0] != BATCHES_DIR or parts[1] in (".", ".."):
+                    continue
+                folder.mkdir(parents=True, exist_ok=True)
+                partial = folder / f".{parts[1]}.partial"
+                with tar.extractfile(member) as source, open(partial, "wb") as out:
+                    shutil.copyfileobj(source, out)
+                os.replace(partial, folder / parts[1])
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot extract {archive}: {exc}") from exc
 

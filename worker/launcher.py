@@ -18,6 +18,7 @@ from typing import Optional
 from shared.celery_app import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
 from shared.db import session_scope
 from shared.errors import CifarqError
+from shared.liveness import mark_alive
 from shared.settings import get_settings
 from worker import registry
 from worker.gpu_lease import Gpu, Lease, list_gpus, take_lease
@@ -68,6 +69,7 @@ def _heartbeat(stop: threading.Event, record: dict) -> None:
             with session_scope() as session:
                 if not registry.touch_worker(session=session, name=record["name"]):
                     registry.register_worker(session=session, **record)
+            mark_alive(get_settings().liveness_file, valid_for=registry.ALIVE_SECONDS)
         except Exception as exc:  # database away for a moment: try again next beat
             log.warning("worker heartbeat failed: %s", exc)
 
@@ -106,6 +108,7 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
                       gpu_index=leased.index if leased else None, gpu_name=leased.name if leased else None, pid=pid)
         with session_scope() as session:
             registry.register_worker(session=session, **record)
+        mark_alive(get_settings().liveness_file, valid_for=registry.ALIVE_SECONDS)
         # The child first: preexec_fn is only safe while this process has no other thread.
         env["CIFARQ_WORKER_DEVICE"] = record["device"]  # worker/tasks.py: no CUDA-touching warm-up on a GPU worker
         # torch.compile's cache beside the worker's other state (CPU jobs compile their step,

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 
 from shared.celery_app import send_job
 from shared.db import session_scope
+from shared.liveness import mark_alive
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import get_settings
 
@@ -110,12 +112,16 @@ def reap_once() -> None:
     requeue_stale_jobs()
 
 
-def run_forever(interval: float | None = None, stop: threading.Event | None = None) -> None:
+def run_forever(interval: float | None = None, stop: threading.Event | None = None,
+                liveness_file: Path | None = None) -> None:
+    """Reap every `interval` seconds (CIFARQ_REAP_INTERVAL_SECONDS by default) until `stop`;
+    after each round that worked, mark `liveness_file` alive for three intervals."""
     interval = interval or get_settings().reap_interval_seconds
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
             reap_once()
+            mark_alive(liveness_file, valid_for=3 * interval)
         except Exception as exc:  # database or broker away: try again next round
             log.warning("reaper round failed: %s", exc)
         stop.wait(interval)

@@ -1,0 +1,107 @@
+"""The containers as an operator meets them: image sizes, build times, `up` to healthy, and a
+job's way through the containers.
+
+usage: python bench/compose_stack.py [--jobs 5] [--out FILE.json]
+
+Runs on the CPU variant of the stack (docker-compose.cpu.yml), built from the stand-in base
+images (docker/base-images/build.sh) and the wheelhouse (docker/wheelhouse.sh), both made first
+if missing, in a copy of the checkout under a temporary folder and a compose project of its own
+(`cifarqbench`), which it removes at the end, volumes included.
+
+- build, cold: `docker compose build --no-cache` of every image (pip from the wheelhouse, so no
+  download is timed); cached, nothing changed; cached after a one-line change in shared/;
+- sizes: `docker image inspect`, uncompressed, as `docker images` shows them;
+- `up -d --wait` to healthy (2 workers), from no containers and no volumes;
+- a tiny job (200 images, 1 epoch): `docker compose run --rm cli submit` wall time, then
+  queue-to-start (the job row's started_at - created_at) and submit to succeeded, --jobs times;
+- `docker compose run --rm --no-deps cli status ID` wall time, --jobs times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.common import machine  # noqa: E402
+from tests.compose_stack import (Stack, build_base_images, cifar_archive, copy_checkout,  # noqa: E402
+                                 fill_wheelhouse, write_env_file)
+
+IMAGES = ("cifarq-cli", "cifarq-flower", "cifarq-worker")
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    docker = shutil.which("docker") or sys.exit("no docker command")
+
+    figures: dict = {"machine": machine(), "date": datetime.now().isoformat(timespec="seconds")}
+    base_images = build_base_images(docker)
+    fill_wheelhouse(docker, base_images["CIFARQ_PYTHON_IMAGE"])
+    with tempfile.TemporaryDirectory(prefix="cifarq-bench-") as tmp:
+        folder = Path(tmp)
+        checkout = copy_checkout(folder / "checkout", wheelhouse=True)
+        values = {"POSTGRES_PASSWORD": secrets.token_hex(16), "REDIS_PASSWORD": secrets.token_hex(16),
+                  **base_images, "CIFARQ_TAG": "bench"}
+        env_file = folder / "bench.env"
+        write_env_file(env_file, values)
+        stack = Stack(docker, "cifarqbench", env_file, values, root=checkout)
+        everything = ["--profile", "monitoring", "--profile", "cli", "down", "-v", "--remove-orphans"]
+        stack.compose(*everything, check=False)
+        build = ["--profile", "monitoring", "--profile", "cli", "build"]
+        try:
+            figures["build_cold_s"] = timed(lambda: stack.compose(*build, "--no-cache"))
+            figures["build_cached_s"] = timed(lambda: stack.compose(*build))
+            with open(checkout / "shared" / "__init__.py", "a") as f:
+                f.write("# a change\n")
+            figures["build_after_source_change_s"] = timed(lambda: stack.compose(*build))
+            figures["image_mb"] = {
+                image: int(stack.docker_cmd("image", "inspect", "-f", "{{.Size}}", f"{image}:bench").stdout) / 1e6
+                for image in IMAGES}
+
+            figures["up_to_healthy_s"] = timed(lambda: stack.compose(
+                "up", "-d", "--scale", "worker=2", "--wait", "--wait-timeout", "300"))
+            stack.copy_data_in(cifar_archive(folder / "data", test=100))
+
+            submit_s, queue_to_start_s, to_succeeded_s, status_s = [], [], [], []
+            for _ in range(args.jobs):
+                started = time.perf_counter()
+                job_id = json.loads(stack.cli("submit", "train", "--epochs", "1", "--json").stdout)["id"]
+                submit_s.append(time.perf_counter() - started)
+                status = stack.wait_for(job_id, lambda s: s["status"] == "succeeded", what="succeeded")
+                to_succeeded_s.append(time.perf_counter() - started)
+                queue_to_start_s.append((datetime.fromisoformat(status["started_at"])
+                                         - datetime.fromisoformat(status["created_at"])).total_seconds())
+                status_s.append(timed(lambda: stack.cli("status", job_id)))
+            median = statistics.median
+            figures.update(jobs=args.jobs, submit_wall_s=median(submit_s), queue_to_start_s=median(queue_to_start_s),
+                           submit_to_succeeded_s=median(to_succeeded_s), status_wall_s=median(status_s))
+        finally:
+            stack.compose(*everything, check=False)
+            for image in IMAGES:
+                stack.docker_cmd("rmi", f"{image}:bench", check=False)
+
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
