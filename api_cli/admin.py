@@ -9,10 +9,7 @@ import typer
 from api_cli.output import say
 from shared.errors import CifarqError
 
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
-
-@db_app.command()
 def upgrade() -> None:
     """Apply Alembic migrations up to the newest (safe to run again).
 
@@ -67,13 +64,8 @@ def beat(
     """
     import logging
 
+    from shared.reaper import run_forever
     from shared.settings import get_settings
-    from worker.reaper import run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run_forever(interval, liveness_file=get_settings().liveness_file)
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(worker)
-    app.command()(beat)

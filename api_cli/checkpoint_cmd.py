@@ -13,33 +13,24 @@ from api_cli.output import print_json, print_table, say
 from api_cli.submit_cmd import parse_checkpoint_ref
 from shared.errors import CifarqError
 
-app = typer.Typer(help="List and export stored checkpoints.", no_args_is_help=True)
 
-
-@app.command("list")
-def list_checkpoints(job_id: JobIdArg, json_output: JsonOption = False) -> None:
+def list_(job_id: JobIdArg, json_output: JsonOption = False) -> None:
     """Checkpoints of a job, one per finished epoch.
 
     Example: cifarq checkpoint list 3f2a9c1e
     """
-    from sqlalchemy import select
-
     from shared.db import session_scope
-    from shared.jobs import get_job
-    from shared.models import Checkpoint
+    from shared.jobs import checkpoint_to_dict, list_checkpoints
 
     with session_scope() as session:
-        job = get_job(session=session, job_id=job_id)
-        rows = [{"id": c.id, "job_id": c.job_id, "epoch": c.epoch, "size": c.size, "sha256": c.sha256,
-                 "created_at": c.created_at.isoformat()}
-                for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.epoch))]
+        rows = [checkpoint_to_dict(c) for c in list_checkpoints(session=session, job_id=job_id)]
     if json_output:
         print_json(rows)
     else:
-        print_table(["epoch", "size", "sha256", "created"], [(r["epoch"], r["size"], r["sha256"][:16], r["created_at"][:19]) for r in rows])
+        print_table(["epoch", "size", "sha256", "created"],
+                    [(r["epoch"], r["size"], r["sha256"][:16], r["created_at"][:19]) for r in rows])
 
 
-@app.command()
 def export(
     ref: Annotated[str, typer.Argument(metavar="JOB[:EPOCH]", help="A job's checkpoint; its latest without :EPOCH.")],
     file: Annotated[Path, typer.Argument(help="Where to write the .pt file.")],

@@ -13,15 +13,6 @@ from api_cli.output import print_json, print_table
 from shared.errors import CifarqError
 
 
-def _summary(session, job) -> dict[str, Any]:
-    from shared.models import Result
-
-    result = session.get(Result, job.id)
-    per_class = {row.class_name: (row.correct / row.total if row.total else 0.0) for row in result.classes} if result else {}
-    return {"id": job.id, "kind": job.kind.value, "status": job.status.value, "sweep_id": job.sweep_id,
-            "params": job.params, "accuracy": result.accuracy if result else None, "per_class": per_class}
-
-
 def compare_jobs(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Deltas of every job against the first: accuracy and per class (fractions, None where unknown)."""
     base = summaries[0]
@@ -59,20 +50,20 @@ def compare(
     Example: cifarq compare --sweep 5b1c07d2 --json
     """
     from shared.db import session_scope
-    from shared.jobs import get_job
+    from shared.jobs import get_job, resolve_sweep, sweep_jobs
+    from shared.results import job_summary
 
     if (sweep is None) == (not job_ids):
         raise CifarqError("give two or more job ids, or --sweep ID")
+    if sweep is None and len(job_ids) < 2:
+        raise CifarqError("give two or more job ids to compare (or --sweep ID)")
     with session_scope() as session:
         if sweep is not None:
-            from api_cli.sweep_cmd import resolve_sweep, sweep_jobs
-
             sweep_id = resolve_sweep(session=session, sweep_id=sweep)
-            summaries = [_summary(session, job) for job in sweep_jobs(session=session, sweep_id=sweep_id)]
+            jobs = sweep_jobs(session=session, sweep_id=sweep_id)
         else:
-            if len(job_ids) < 2:
-                raise CifarqError("give two or more job ids to compare (or --sweep ID)")
-            summaries = [_summary(session, get_job(session=session, job_id=job_id)) for job_id in job_ids]
+            jobs = [get_job(session=session, job_id=job_id) for job_id in job_ids]
+        summaries = [job_summary(session=session, job=job) for job in jobs]
     if sweep is not None:
         _print_sweep(sweep_id, summaries, json_output)
         return

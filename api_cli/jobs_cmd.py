@@ -8,15 +8,10 @@ import typer
 
 from api_cli.options import JobIdArg, JsonOption
 from api_cli.output import print_json, print_table, say
-from api_cli.progress import ProgressView, last_epoch_speed, progress_line
+from api_cli.progress import ProgressView, progress_line
 from shared.states import JobKind, JobStatus
 
 POLL_SECONDS = 0.5
-
-
-def register(app: typer.Typer) -> None:
-    for command in (status, wait, results, list_, logs, cancel):
-        app.command(name=command.__name__.rstrip("_"))(command)
 
 
 def _load(job_id: str) -> dict:
@@ -25,6 +20,15 @@ def _load(job_id: str) -> dict:
 
     with session_scope() as session:
         return job_to_dict(get_job(session=session, job_id=job_id))
+
+
+def _last_epoch_speed(job_id: str) -> Optional[float]:
+    """images/s of the job's last finished epoch: the speed shown before two heartbeats are seen."""
+    from shared.db import session_scope
+    from shared.results import last_epoch_speed
+
+    with session_scope() as session:
+        return last_epoch_speed(session=session, job_id=job_id)
 
 
 def status(
@@ -58,7 +62,7 @@ def status(
 def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
     """Poll the job row and draw its progress on stderr until it ends (or the deadline passes)."""
     job = _load(job_id)
-    view = ProgressView(epoch_images_per_second=last_epoch_speed(job["id"]))
+    view = ProgressView(epoch_images_per_second=_last_epoch_speed(job["id"]))
     epochs_seen = job["progress"]["epoch"]
     while True:
         if JobStatus(job["status"]).is_final:
@@ -66,7 +70,7 @@ def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
             return job
         if job["progress"]["epoch"] != epochs_seen:  # an epoch ended: its speed is the next guess
             epochs_seen = job["progress"]["epoch"]
-            view.speed.epoch_images_per_second = last_epoch_speed(job["id"])
+            view.speed.epoch_images_per_second = _last_epoch_speed(job["id"])
         view.update(job)
         if deadline is not None and time.monotonic() >= deadline:
             view.finish(job)
@@ -105,7 +109,8 @@ def results(job_id: JobIdArg, json_output: JsonOption = False) -> None:
     Example: cifarq results 3f2a9c1e
     """
     from shared.db import session_scope
-    from shared.jobs import get_job, get_result, result_to_dict
+    from shared.jobs import get_job
+    from shared.results import get_result, result_to_dict
 
     with session_scope() as session:
         job = get_job(session=session, job_id=job_id)
@@ -134,14 +139,12 @@ def list_(
     Example: cifarq list --sweep 5b1c07d2
     """
     from shared.db import session_scope
-    from shared.jobs import job_to_dict, list_jobs
+    from shared.jobs import job_to_dict, list_jobs, sweep_jobs
 
     with session_scope() as session:
         if sweep is None:
             found = list_jobs(session=session, status=status, kind=kind, limit=limit)
         else:
-            from api_cli.sweep_cmd import sweep_jobs
-
             found = [job for job in sweep_jobs(session=session, sweep_id=sweep)
                      if (status is None or job.status == status) and (kind is None or job.kind == kind)][:limit]
         jobs = [job_to_dict(job) for job in found]

@@ -27,17 +27,7 @@ from api_cli.options import JsonOption
 from api_cli.output import print_json, say
 from shared.errors import CifarqError
 
-local_app = typer.Typer(help="A background worker on this machine (state and log under CIFARQ_HOME).",
-                        no_args_is_help=True)
-run_app = typer.Typer(help="Submit a job, make sure a worker runs it, follow it, print its results.",
-                      no_args_is_help=True)
-
 START_TIMEOUT_SECONDS = 180.0  # torch's first import on a cold, busy machine
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(local_app, name="local")
-    app.add_typer(run_app, name="run")
 
 
 # --------------------------------------------------------------------------- the local worker
@@ -58,6 +48,9 @@ def _backends() -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` is still our local worker. By hand rather than with psutil: a signal 0 and one
+    /proc read cover Linux, and psutil would be a compiled dependency of every client install
+    (about 1 MB, some 70 ms to import) for the one check it adds, a recycled pid on macOS."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,7 +151,6 @@ def stop_local_worker(timeout: float) -> Optional[dict]:
     return state
 
 
-@local_app.command()
 def start(
     gpu: Annotated[str, typer.Option(help="As `cifarq worker --gpu`: auto, none, or a GPU index.")] = "auto",
     json_output: JsonOption = False,
@@ -175,7 +167,6 @@ def start(
             f"log {state['log']}; stop it with: cifarq local stop")
 
 
-@local_app.command()
 def stop(
     timeout: Annotated[float, typer.Option(help="Seconds to let it stop before it is killed.", min=0)] = 30.0,
 ) -> None:
@@ -187,7 +178,6 @@ def stop(
     say(f"stopped the local worker (pid {state['pid']})" if state else "no local worker is running")
 
 
-@local_app.command("status")
 def status_(json_output: JsonOption = False) -> None:
     """Whether the background worker runs, its pid and its log. Exit 0 if it runs, 1 if not.
 
@@ -209,7 +199,7 @@ def status_(json_output: JsonOption = False) -> None:
 def _ensure_worker(queue: str) -> None:
     """Reuse the local worker, or any live worker that consumes `queue`; else start one."""
     from shared.db import session_scope
-    from worker.registry import live_workers
+    from shared.registry import live_workers
 
     local = _running()
     if local is not None:
@@ -254,4 +244,3 @@ def train(**flags) -> None:
 # The flags are `submit train`'s own, so the two never drift apart.
 train.__signature__ = inspect.signature(submit_cmd.train, eval_str=True)
 train.__annotations__ = typing.get_type_hints(submit_cmd.train, include_extras=True)
-run_app.command()(train)

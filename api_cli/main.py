@@ -13,7 +13,18 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from shared.errors import CifarqError
+from api_cli import (
+    admin,
+    checkpoint_cmd,
+    compare_cmd,
+    jobs_cmd,
+    local_cmd,
+    monitor_cmd,
+    report_cmd,
+    submit_cmd,
+    sweep_cmd,
+)
+from shared.errors import CifarqError, first_line
 
 
 class OneLineErrors(TyperGroup):
@@ -49,11 +60,9 @@ def _describe_unexpected(exc: Exception) -> str:
     if isinstance(exc, OperationalError):
         from shared.settings import get_settings, redact_url
 
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        return f"database unreachable at {redact_url(get_settings().database)}: {reason}"
+        return f"database unreachable at {redact_url(get_settings().database)}: {first_line(exc.orig or exc)}"
     hint = "" if _debug() else " (run with --debug for the traceback)"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"unexpected {type(exc).__name__}: {first}{hint}"
+    return f"unexpected {type(exc).__name__}: {first_line(exc)}{hint}"
 
 
 app = typer.Typer(
@@ -87,24 +96,48 @@ def _global_options(
         os.environ["CIFARQ_DEBUG"] = "1"
 
 
-def _register() -> None:
-    from api_cli import admin, checkpoint_cmd, compare_cmd, jobs_cmd, monitor_cmd, report_cmd, submit_cmd, sweep_cmd
+# The whole command tree, in the order `cifarq --help` lists it. Each command is a plain function
+# in its module, with its options, help and examples; this is the one place that names the
+# commands and puts them in groups, so that the CLI's surface reads in one screen.
+COMMANDS = [
+    ("status", jobs_cmd.status),
+    ("wait", jobs_cmd.wait),
+    ("results", jobs_cmd.results),
+    ("list", jobs_cmd.list_),
+    ("logs", jobs_cmd.logs),
+    ("cancel", jobs_cmd.cancel),
+    ("report", report_cmd.report),
+    ("compare", compare_cmd.compare),
+    ("workers", monitor_cmd.workers),
+    ("queue", monitor_cmd.queue),
+    ("worker", admin.worker),
+    ("beat", admin.beat),
+]
+GROUPS = [
+    ("submit", "Put a train or evaluate job on the queue.",
+     [("train", submit_cmd.train), ("evaluate", submit_cmd.evaluate), ("sweep", sweep_cmd.sweep)]),
+    ("checkpoint", "List and export stored checkpoints.",
+     [("list", checkpoint_cmd.list_), ("export", checkpoint_cmd.export)]),
+    ("db", "Database schema.",
+     [("upgrade", admin.upgrade)]),
+    ("local", "A background worker on this machine (state and log under CIFARQ_HOME).",
+     [("start", local_cmd.start), ("stop", local_cmd.stop), ("status", local_cmd.status_)]),
+    ("run", "Submit a job, make sure a worker runs it, follow it, print its results.",
+     [("train", local_cmd.train)]),
+]
 
-    submit_cmd.app.command("sweep")(sweep_cmd.sweep)
-    app.add_typer(submit_cmd.app, name="submit")
-    jobs_cmd.register(app)
-    app.command()(report_cmd.report)
-    app.command()(compare_cmd.compare)
-    monitor_cmd.register(app)
-    app.add_typer(checkpoint_cmd.app, name="checkpoint")
-    app.add_typer(admin.db_app, name="db")
-    admin.register(app)
-    from api_cli import local_cmd
 
-    local_cmd.register(app)
+def _add_commands() -> None:
+    for name, function in COMMANDS:
+        app.command(name)(function)
+    for group_name, help_text, commands in GROUPS:
+        group = typer.Typer(help=help_text, no_args_is_help=True)
+        for name, function in commands:
+            group.command(name)(function)
+        app.add_typer(group, name=group_name)
 
 
-_register()
+_add_commands()
 
 
 def main() -> None:

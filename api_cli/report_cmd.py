@@ -1,4 +1,4 @@
-"""`cifarq report`: a job's figures as PNGs and one self-contained HTML page (shared/report.py)."""
+"""`cifarq report`: a job's figures as PNGs and one self-contained HTML page (drawn by api_cli/report_render.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -27,8 +27,9 @@ def report(
     """
     if importlib.util.find_spec("matplotlib") is None:
         raise CifarqError("reports need matplotlib: pip install 'cifarq[report]'")
+    from api_cli.report_render import render_report
     from shared.db import session_scope
-    from shared.report import load_report_data, render_report
+    from shared.results import load_report_data
     from shared.settings import get_settings
 
     settings = get_settings()

@@ -1,32 +1,24 @@
 """`cifarq submit train|evaluate`: validate, write the job row, then send the message."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from api_cli.options import JsonOption
+from api_cli.options import DeviceOption, JsonOption, QueueOption
 from api_cli.output import print_json, say
 from shared.errors import CifarqError
 from shared.recipes import DEFAULT_RECIPE, DEFAULT_SEED, RECIPE_DEFAULTS
 from shared.states import JobKind, JobStatus
 
-app = typer.Typer(help="Put a train or evaluate job on the queue.", no_args_is_help=True)
-
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when the worker has it, else the CPU), cpu, cuda or cuda:N.")]
-QueueOption = Annotated[Optional[str], typer.Option(
-    help="Queue to send to. Default follows --device: cuda -> gpu, cpu -> cpu, auto -> default.")]
-
 
 def _default(name: str) -> str:
-    """'2 (fast: 10)': each recipe's default, for --help."""
+    """'tutorial: 2, fast: 10': each recipe's default, for --help ('fast: 0.2' where only fast has one)."""
     tutorial, fast = RECIPE_DEFAULTS["tutorial"].get(name), RECIPE_DEFAULTS["fast"].get(name)
     return f"tutorial: {tutorial}, fast: {fast}" if tutorial is not None else f"fast: {fast}"
 
 
-@app.command()
 def train(
     recipe: Annotated[str, typer.Option(
         help="tutorial (the PyTorch tutorial's Net and SGD) or fast (airbench94-style ResNet-ish net, "
@@ -67,7 +59,6 @@ def train(
     _report(job_id, json_output)
 
 
-@app.command()
 def evaluate(
     checkpoint: Annotated[Optional[str], typer.Option(
         help="JOB[:EPOCH]: a train job's checkpoint (its latest when no epoch is given).")] = None,
@@ -117,19 +108,18 @@ def parse_checkpoint_ref(ref: str) -> tuple[str, Optional[int]]:
 
 def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[bytes] = None,
            sweep_id: Optional[str] = None) -> str:
-    """The job row is written (status queued) before the message is sent (DESIGN.md, decision 1)."""
+    """The job row is written (status queued) before the message is sent: a worker that takes the
+    message always finds its row, and a message that cannot be sent takes the row back."""
     from shared.celery_app import queue_for_device, send_job
     from shared.db import session_scope
-    from shared.jobs import create_job, delete_job
-    from shared.models import Checkpoint
+    from shared.jobs import create_job, delete_job, store_uploaded_weights
     from shared.settings import get_settings, redact_url
 
     queue = queue or queue_for_device(config.device)
     with session_scope() as session:
         job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue, sweep_id=sweep_id)
         if upload is not None:
-            session.add(Checkpoint(job_id=job.id, epoch=0, weights=upload, size=len(upload),
-                                   sha256=hashlib.sha256(upload).hexdigest(), config={"source": "upload"}))
+            store_uploaded_weights(session=session, job_id=job.id, weights=upload)
         job_id = job.id
     try:
         send_job(job_id, queue)

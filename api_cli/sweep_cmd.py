@@ -10,13 +10,14 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from api_cli.options import JsonOption
+from api_cli.options import DeviceOption, JsonOption, QueueOption
 from api_cli.output import print_json, print_table, say
 from shared.errors import CifarqError
 
 # The knobs a sweep can vary, in the order of the grid (and of the columns of `list --sweep`).
 SWEPT = ("lr", "width", "batch_size", "momentum", "seed", "epochs")
 MAX_JOBS = 1000  # a typo like --seed 0,1,...,9999 should not flood the queue
+
 
 def parse_list(flag: str, text: Optional[str], convert: Callable[[str], object]) -> Optional[list]:
     """'0.01,0.001' -> [0.01, 0.001]; None stays None (the recipe's default)."""
@@ -43,8 +44,8 @@ def sweep(
     seed: Annotated[Optional[str], typer.Option(help="Seeds, comma-separated (repeats of one recipe).")] = None,
     epochs: Annotated[Optional[str], typer.Option(help="Epoch counts, comma-separated.")] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Mini-batches between log lines (every job).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (every job).")] = "auto",
-    queue: Annotated[Optional[str], typer.Option(help="Queue to send to. Default follows --device.")] = None,
+    device: DeviceOption = "auto",
+    queue: QueueOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Queue a grid of train jobs: every combination of the comma-separated values, as one sweep.
@@ -90,31 +91,3 @@ def sweep(
     varied = list(grid)
     print_table(["id", *varied], [[i, *(c.model_dump()[name] for name in varied)] for i, c in zip(job_ids, configs)])
     say(f"sweep {sweep_id}: {len(job_ids)} jobs queued; rank them with: cifarq compare --sweep {sweep_id}")
-
-
-def resolve_sweep(*, session, sweep_id: str) -> str:
-    """The sweep with this id, or with this unique prefix (4 characters or more)."""
-    from sqlalchemy import select
-
-    from shared.models import Job
-
-    if session.scalars(select(Job.id).where(Job.sweep_id == sweep_id).limit(1)).first():
-        return sweep_id
-    if len(sweep_id) >= 4 and sweep_id.isalnum():
-        found = session.scalars(select(Job.sweep_id).where(Job.sweep_id.startswith(sweep_id)).distinct().limit(2)).all()
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise CifarqError(f"sweep id prefix {sweep_id!r} is ambiguous: give more characters")
-    raise CifarqError(f"no sweep with id {sweep_id!r}")
-
-
-def sweep_jobs(*, session, sweep_id: str) -> list:
-    """The jobs of a sweep, best test accuracy first; jobs without one yet come last, oldest first."""
-    from sqlalchemy import select
-
-    from shared.models import Job
-
-    sweep_id = resolve_sweep(session=session, sweep_id=sweep_id)
-    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at, Job.id)))
-    return sorted(jobs, key=lambda job: (job.test_accuracy is None, -(job.test_accuracy or 0.0)))

@@ -10,7 +10,7 @@ tutorial recipe for 1 epoch at batch 50 (4 steps), so the figures are the system
 - submit rate: a burst of --burst `submit train` calls, one after another (each a new process);
 - queue-to-start latency: --sequential jobs, each submitted to an idle worker and waited for;
   started_at - created_at from `status --json` (the worker starts a fresh child per job);
-- `cifarq status ID` wall time: --status-calls calls, each a new process (DESIGN.md: < 0.5 s).
+- `cifarq status ID` wall time: --status-calls calls, each a new process (the client's budget: < 0.5 s).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Rows, all measured in this one run on this one device, speed as a ratio to the f
 - "tutorial loop": the tutorial's code as published (below);
 - "autograd step (previous default)": cifarq's data path (uint8 tensor, index slices) with the
   tutorial's autograd step + torch.optim.SGD: what `cifarq submit train` ran before issue 5;
-- "cifarq default (tutorial recipe)": worker/train.py as the worker runs it now;
+- "cifarq default (tutorial recipe)": worker/train.py's train() as the worker runs it now;
 - "cifarq --recipe fast": worker/recipes/fast.py. On a CPU it is far too slow for the full set,
   so it trains on the first --fast-train-images images and is tested on the first
   --fast-test-images test images; its row says so.
@@ -116,7 +116,7 @@ def cifarq_recipe(splits: tuple[Split, Split], epochs: int, device: torch.device
     train_set, test_set = splits
     model, seconds, lines = timed_train(TrainConfig(epochs=epochs, seed=seed), train_set, device)
     result = evaluate(model, test_set, device=device)
-    # On the CPU the step may be compiled (worker/train.py): its time is inside `seconds`, and apart here.
+    # On the CPU the step may be compiled (worker/recipes/tutorial.py): its time is inside `seconds`, and apart here.
     compiled = next((float(m.group(1)) for line in lines if (m := re.match(r"step compiled in ([0-9.]+) s", line))),
                     None)
     row = {"seconds": seconds, "images_per_second": epochs * len(train_set) / seconds, "accuracy": result.accuracy,

@@ -34,11 +34,9 @@ RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
     --mount=type=cache,target=/root/.cache/pip \
     ./pip-install.sh --deps
 
-# worker/ is copied too: `cifarq beat` runs worker.reaper, which needs no torch. torch itself
-# is not installed; only `cifarq worker` imports the modules that need it.
+# shared/ and api_cli/ only: worker/ is what `cifarq worker` runs, and it needs torch.
 COPY README.md ./
 COPY shared ./shared
-COPY worker ./worker
 COPY api_cli ./api_cli
 RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
     --mount=type=secret,id=pip_ca \

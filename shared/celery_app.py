@@ -1,7 +1,7 @@
 """The Celery app both sides share. The CLI sends tasks by name; it never imports worker code.
 
-Celery is only the transport: the database holds every job's state (DESIGN.md, decision 1),
-so there is no result backend.
+Celery is only the transport: the database holds every job's state, so there is no result
+backend (docs/design.md).
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from kombu import Queue
 
 from shared.settings import get_settings
 
-RUN_JOB_TASK = "cifarq.run_job"
-REQUEUE_TASK = "cifarq.requeue_stale_jobs"
+RUN_JOB_TASK = "cifarq.run_job"  # the one task (worker/tasks.py)
 
 DEFAULT_QUEUE = "default"  # device "auto": every worker consumes it
 GPU_QUEUE = "gpu"  # device "cuda[:N]": only workers that have CUDA
@@ -52,18 +51,20 @@ def make_app() -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        # At-least-once delivery; every task is idempotent (DESIGN.md, decision 4).
+        # At-least-once delivery; every task is idempotent (docs/design.md, "A job's life").
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # A fresh child per job gets a fresh CUDA context and gives all memory back.
+        # A fresh child per job gets a fresh CUDA context and gives all memory back. `cifarq
+        # worker` passes its own value on the command line (100 on a CPU worker, launcher.py);
+        # this one holds for a `celery worker` started by hand.
         worker_max_tasks_per_child=1,
         worker_concurrency=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        beat_schedule={
-            "requeue-stale-jobs": {"task": REQUEUE_TASK, "schedule": 15.0, "options": {"queue": DEFAULT_QUEUE}},
-        },
+        # No beat_schedule: the reaper is not a Celery task (it would wait in the queue behind
+        # training jobs, exactly when it is needed). `cifarq beat` and every worker's launcher
+        # run it in-process (shared/reaper.py).
     )
     return app
 

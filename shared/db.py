@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.errors import CifarqError
+from shared.errors import CifarqError, first_line
 from shared.settings import get_settings, redact_url
 
 log = logging.getLogger("cifarq.db")
@@ -79,7 +79,7 @@ def retry_while_unreachable(fn: Callable[[], T], *, what: str, seconds: float | 
         except (OperationalError, InterfaceError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("database unreachable during %s, retrying in %.1f s: %s", what, delay, _first_line(exc.orig))
+            log.warning("database unreachable during %s, retrying in %.1f s: %s", what, delay, first_line(exc.orig))
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -104,7 +104,7 @@ def _check_schema(engine: Engine) -> None:
         revision = current_revision(engine)
     except OperationalError as exc:
         raise CifarqError(
-            f"database unreachable at {redact_url(str(engine.url))}: {_first_line(exc.orig)}"
+            f"database unreachable at {redact_url(str(engine.url))}: {first_line(exc.orig)}"
         ) from exc
     if revision != HEAD_REVISION:
         raise CifarqError(
@@ -144,7 +144,3 @@ def get_engine_unchecked() -> Engine:
     if url.get_backend_name() == "sqlite":
         return get_engine()
     return create_engine(url, connect_args={"connect_timeout": 5})
-
-
-def _first_line(exc: BaseException | None) -> str:
-    return str(exc).strip().splitlines()[0] if exc and str(exc).strip() else type(exc).__name__

@@ -1,7 +1,15 @@
-"""The one exception type that carries a message meant for the user."""
+"""The one exception type that carries a message meant for the user, and how any exception is
+said in one line."""
+from __future__ import annotations
 
 
 class CifarqError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits non-zero."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException | None, limit: int = 300) -> str:
+    """The first line of an exception's message, cut at `limit`; its type's name when it has none."""
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -9,7 +9,9 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_serializer, model_validator)
 
 from shared.errors import CifarqError
-from shared.recipes import FAST_ONLY, RECIPE_DEFAULTS
+from shared.recipes import DEFAULT_RECIPE, DEFAULT_SEED, FAST_ONLY, RECIPE_DEFAULTS
+
+_TUTORIAL = RECIPE_DEFAULTS[DEFAULT_RECIPE]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})$")
 
@@ -30,16 +32,17 @@ class _Config(BaseModel):
 
 
 class TrainConfig(_Config):
-    """The tutorial's recipe by default (DESIGN.md, decision 9); `recipe="fast"` is airbench-style."""
+    """The tutorial's recipe by default; `recipe="fast"` is airbench-style. Defaults come from
+    shared/recipes.py, each recipe's own."""
 
-    recipe: Literal["tutorial", "fast"] = "tutorial"
-    epochs: int = Field(2, ge=1, le=1000)
-    batch_size: int = Field(4, ge=1, le=65536)
-    lr: float = Field(0.001, gt=0, le=100, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
-    width: int = Field(6, ge=1, le=1024)  # tutorial: channels of the first conv; fast: of the first block
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    log_every: int = Field(2000, ge=1)  # mini-batches between log lines
+    recipe: Literal["tutorial", "fast"] = DEFAULT_RECIPE
+    epochs: int = Field(_TUTORIAL["epochs"], ge=1, le=1000)
+    batch_size: int = Field(_TUTORIAL["batch_size"], ge=1, le=65536)
+    lr: float = Field(_TUTORIAL["lr"], gt=0, le=100, allow_inf_nan=False)
+    momentum: float = Field(_TUTORIAL["momentum"], ge=0, lt=1, allow_inf_nan=False)
+    width: int = Field(_TUTORIAL["width"], ge=1, le=1024)  # tutorial: channels of the first conv; fast: of the first block
+    seed: int = Field(DEFAULT_SEED, ge=0, le=2**32 - 1)
+    log_every: int = Field(_TUTORIAL["log_every"], ge=1)  # mini-batches between log lines
     label_smoothing: Optional[float] = Field(None, ge=0, lt=1, allow_inf_nan=False)  # fast only
     tta_level: Optional[int] = Field(None, ge=0, le=2)  # fast only: 0 none, 1 mirror, 2 mirror + shifts
 
@@ -48,7 +51,7 @@ class TrainConfig(_Config):
     def _recipe_defaults(cls, values):
         if not isinstance(values, dict):
             return values
-        recipe = values.get("recipe") or "tutorial"
+        recipe = values.get("recipe") or DEFAULT_RECIPE
         filled = {k: v for k, v in values.items() if v is not None}
         for key, value in RECIPE_DEFAULTS.get(recipe, {}).items():
             filled.setdefault(key, value)

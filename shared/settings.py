@@ -16,47 +16,104 @@ from typing import Any, Optional
 from shared.errors import CifarqError
 
 
+# How each variable's text becomes a value: explicit converters, each with what it expects, so
+# that a bad value is refused with a message naming the variable (never guessed from a type).
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError
+    return value
+
+
+def _whole_number_from(minimum: int):
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError
+        return value
+    parse.expected = f"a whole number of at least {minimum}"
+    return parse
+
+
+def _json_object(raw: str) -> dict:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError
+    return value
+
+
+def _one_of(*choices: str):
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError
+        return raw
+    parse.expected = f"one of {', '.join(choices)}"
+    return parse
+
+
+_path.expected = _text.expected = "a path"
+_positive_seconds.expected = "a positive number of seconds"
+_json_object.expected = "a JSON object"
+
+
+def _setting(default, parse):
+    """A field read from CIFARQ_<FIELD NAME>, converted by `parse`."""
+    return dataclasses.field(default=default, metadata={"parse": parse})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # A plain dataclass, not pydantic-settings: `cifarq status` must start in well under 0.5 s,
-    # and pydantic is a tenth of that. Every field is read from CIFARQ_<FIELD NAME>.
-    home: Path = Path("~/.cifarq")
-    database_url: Optional[str] = None  # default: sqlite:///<home>/cifarq.db
-    broker_url: Optional[str] = None  # default: filesystem broker under <home>/broker
-    data_dir: Optional[Path] = None  # default: <home>/data
-    artifacts_dir: Optional[Path] = None  # default: <home>/artifacts
-    # A job whose heartbeat is older than this is taken to have lost its worker.
-    heartbeat_seconds: float = 5.0
-    stale_after_seconds: float = 60.0
-    max_attempts: int = 3
-    reap_interval_seconds: float = 15.0  # how often a worker's launcher looks for lost jobs
-    db_retry_seconds: float = 300.0  # how long a worker keeps retrying a write while the database is away
+    # and pydantic-settings alone costs a tenth of that.
+    home: Path = _setting(Path("~/.cifarq"), _path)  # root of the embedded defaults
+    database_url: Optional[str] = _setting(None, _text)  # default: sqlite:///<home>/cifarq.db
+    broker_url: Optional[str] = _setting(None, _text)  # default: filesystem broker under <home>/broker
+    data_dir: Optional[Path] = _setting(None, _path)  # default: <home>/data
+    artifacts_dir: Optional[Path] = _setting(None, _path)  # default: <home>/artifacts
+    # How often a running job writes progress and reads its cancel flag.
+    heartbeat_seconds: float = _setting(5.0, _positive_seconds)
+    # A running job whose heartbeat is older than this has lost its worker.
+    stale_after_seconds: float = _setting(60.0, _positive_seconds)
+    max_attempts: int = _setting(3, _whole_number_from(1))  # deliveries a job may use before it ends failed
+    reap_interval_seconds: float = _setting(15.0, _positive_seconds)  # launchers' and `cifarq beat`'s rounds
+    db_retry_seconds: float = _setting(300.0, _positive_seconds)  # a worker's retries while the database is away
     # Redis re-delivers an unacknowledged message after this long (celery#5935): it must be
     # longer than any job, or a long job would be started twice.
-    visibility_timeout_seconds: int = 7 * 24 * 3600
-    # Extra kombu transport options, as JSON (e.g. Redis Sentinel's master_name); they win over ours.
-    broker_transport_options: dict = dataclasses.field(default_factory=dict)
+    visibility_timeout_seconds: int = _setting(7 * 24 * 3600, _whole_number_from(1))
+    # Extra kombu transport options (e.g. Redis Sentinel's master_name); they win over ours.
+    broker_transport_options: dict = dataclasses.field(default_factory=dict, metadata={"parse": _json_object})
     # A file that `cifarq worker` and `cifarq beat` keep fresh while they work, for a container's
     # healthcheck (shared/liveness.py); none by default.
-    liveness_file: Optional[Path] = None
+    liveness_file: Optional[Path] = _setting(None, _path)
     # CPU jobs: compile the tutorial step with torch.compile when the job is long enough (auto),
-    # always, or never (worker/train.py, COMPILE_MIN_STEPS).
-    cpu_compile: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "always", "never")})
+    # always, or never (worker/recipes/tutorial.py, COMPILE_MIN_STEPS).
+    cpu_compile: str = _setting("auto", _one_of("auto", "always", "never"))
 
     @classmethod
     def from_env(cls, environ: Optional[dict[str, str]] = None) -> "Settings":
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(f"CIFARQ_{field.name.upper()}")
-            if raw is not None and raw != "":
-                values[field.name] = _parse(field, raw)
-        settings = cls(**values)
-        for name in ("home", "data_dir", "artifacts_dir", "liveness_file"):
-            value = getattr(settings, name)
-            if value is not None:
-                object.__setattr__(settings, name, value.expanduser())
-        return settings
+            name = f"CIFARQ_{field.name.upper()}"
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                if isinstance(field.default, Path):  # paths are expanded, defaults as well
+                    values[field.name] = field.default.expanduser()
+                continue
+            parse = field.metadata["parse"]
+            try:
+                values[field.name] = parse(raw)
+            except ValueError:  # json.JSONDecodeError is one too
+                raise CifarqError(f"invalid {name} {raw!r}: expected {parse.expected}") from None
+        return cls(**values)
 
     @property
     def database(self) -> str:
@@ -81,32 +138,6 @@ class Settings:
     @property
     def artifacts(self) -> Path:
         return self.artifacts_dir or self.home / "artifacts"
-
-
-def _parse(field: dataclasses.Field, raw: str) -> Any:
-    name, kind = f"CIFARQ_{field.name.upper()}", str(field.type)
-    try:
-        if "Path" in kind:
-            return Path(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            value = float(raw)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError
-            return value
-        if kind == "dict":
-            value = json.loads(raw)
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-        choices = field.metadata.get("choices")
-        if choices and raw not in choices:
-            raise CifarqError(f"invalid {name} {raw!r}: expected one of {', '.join(choices)}")
-        return raw
-    except ValueError:
-        expected = {"int": "a whole number", "float": "a positive number", "dict": "a JSON object"}[kind]
-        raise CifarqError(f"invalid {name} {raw!r}: expected {expected}") from None
 
 
 @functools.cache

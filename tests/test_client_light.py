@@ -1,4 +1,5 @@
-"""The client never imports torch: `cifarq --help` and `cifarq status` (DESIGN.md, decision 2)."""
+"""The client never imports torch: `cifarq --help` and `cifarq status` stay fast, and a client
+install needs no torch."""
 from __future__ import annotations
 
 import subprocess

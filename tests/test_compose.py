@@ -92,7 +92,8 @@ def compose(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.Compl
 
 def resolve(tmp_path: Path, *files: Path, **extra: str) -> dict:
     flags = [part for f in (files or (COMPOSE_FILE,)) for part in ("-f", str(f))]
-    proc = compose(*flags, "--profile", "monitoring", "--profile", "cli", "config", env={**SECRET_VALUES, **extra}, tmp_path=tmp_path)
+    proc = compose(*flags, "--profile", "monitoring", "--profile", "cli", "config",
+                   env={**SECRET_VALUES, **extra}, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
 

@@ -139,26 +139,10 @@ def test_a_job_trains_in_the_containers_and_its_checkpoint_loads_in_plain_torch(
     stack.cli("checkpoint", "export", job_id, "/out/cifar_net.pth", volumes=(f"{out}:/out",))
 
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
 
-    class Net(nn.Module):  # the tutorial's own definition
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 6, 5)
-            self.pool = nn.MaxPool2d(2, 2)
-            self.conv2 = nn.Conv2d(6, 16, 5)
-            self.fc1 = nn.Linear(16 * 5 * 5, 120)
-            self.fc2 = nn.Linear(120, 84)
-            self.fc3 = nn.Linear(84, 10)
+    from tests.tutorial_net import TutorialNet
 
-        def forward(self, x):
-            x = self.pool(F.relu(self.conv1(x)))
-            x = self.pool(F.relu(self.conv2(x)))
-            x = torch.flatten(x, 1)
-            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
-
-    net = Net()
+    net = TutorialNet()
     net.load_state_dict(torch.load(out / "cifar_net.pth"))
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 

@@ -25,6 +25,48 @@ def test_truncated_batch_is_named(broken_data):
         load_split(broken_data.parent, train=True)
 
 
+class Planted:
+    """What an attacker who can write the data volume would plant: a pickle that runs a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_by_the_worker_and_the_report(broken_data, tmp_path):
+    from shared.cifar_files import read_test_batch
+
+    marker = tmp_path / "the-code-ran"
+    for name in ("data_batch_2", "test_batch"):
+        with open(broken_data / name, "wb") as f:
+            pickle.dump({"data": Planted(marker), "labels": [0]}, f)
+    with pytest.raises(DataError, match=r"data_batch_2 is not a CIFAR-10 batch file: .* names posix.system"):
+        load_split(broken_data.parent, train=True)
+    with pytest.raises(DataError, match=r"test_batch is not a CIFAR-10 batch file: .* names posix.system"):
+        read_test_batch(broken_data.parent)  # what `cifarq report` reads
+    assert not marker.exists(), "the planted code ran"
+
+
+def test_the_official_format_still_loads(tmp_path):
+    """Python 2-style pickles of numpy arrays (the official files), as numpy 1.x and 2.x write them."""
+    import numpy as np
+
+    from shared.cifar_files import read_batch
+
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"batch_{protocol}"
+        with open(path, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [3, 7], b"batch_label": b"x", b"filenames": [b"a", b"b"]}, f,
+                        protocol=protocol)
+        images, labels = read_batch(path, str(path), num_classes=10)
+        assert images.shape == (2, 3, 32, 32) and labels.tolist() == [3, 7]
+
+
 def test_wrong_shape_is_named(broken_data):
     with open(broken_data / "test_batch", "wb") as f:
         pickle.dump({"data": b"\x00" * 100, "labels": [1]}, f)

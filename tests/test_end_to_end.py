@@ -5,30 +5,11 @@ import hashlib
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from tests.tutorial_net import TutorialNet
 
 # A quick recipe for the 200-image set: the tutorial's defaults would need many epochs to leave chance.
 FAST = ["--epochs", "8", "--lr", "0.01", "--batch-size", "4", "--log-every", "10", "--seed", "1"]
-
-
-class TutorialNet(nn.Module):
-    """The tutorial's Net, written out again here as a user would: export must load into it."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
 def stored_checkpoints(env, job_id):

@@ -9,12 +9,14 @@ import torch
 
 from shared.errors import CifarqError
 from shared.jobspec import TrainConfig, parse_config
+from shared.recipes import FAST_HYP
 from tests.conftest import env_with_worker
 from tests.fakedata import write_cifar10
 from tests.recording_hooks import Recorder
-from worker.model import model_from_state_dict
-from worker.recipes.fast import WEIGHT_DECAY, FastNet, make_optimizer, triangle
-from worker.train import Resume, train
+from worker.loop import Resume
+from worker.model import FastNet, Net, model_from_state_dict
+from worker.recipes.fast import make_optimizer, triangle
+from worker.train import train
 
 TINY = ["--recipe", "fast", "--epochs", "2", "--batch-size", "50", "--width", "8", "--log-every", "2", "--seed", "3"]
 
@@ -56,6 +58,8 @@ def test_resume_is_bit_identical(tmp_path):
     straight = Recorder()
     train(config, data_dir=data_dir, device=torch.device("cpu"), hooks=straight)
     assert [e["epoch"] for e in straight.epochs] == [1, 2]
+    # The rate each epoch ended with, as the schedule had it (TensorBoard's train/lr), not --lr.
+    assert [e["lr"] for e in straight.epochs] == pytest.approx([config.lr * triangle(0.5), config.lr * triangle(1.0)])
     assert any(line.startswith("timing: data loading") for line in straight.lines)
     state = torch.load(io.BytesIO(straight.epochs[0]["train_state"]), weights_only=True)
     assert state["epochs_done"] == 1 and state["config"]["recipe"] == "fast"
@@ -97,6 +101,34 @@ def test_fast_job_through_the_queue(sqlite_worker_env):
     assert env.cli_json("results", evaluate_id)["confusion_matrix"] == results["confusion_matrix"]
 
 
+def test_a_checkpoint_is_evaluated_with_its_own_jobs_test_time_augmentation(sqlite_worker_env):
+    env = sqlite_worker_env
+    job_id = env.submit_train(*TINY, "--tta-level", "0")
+    assert env.cli("wait", job_id, "--timeout", "240", check=False).returncode == 0
+    evaluate_id = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]
+    assert env.cli("wait", evaluate_id, "--timeout", "120", check=False).returncode == 0
+    # TTA level 2 (the recipe's default) would give other predictions than the job's level 0.
+    assert env.cli_json("results", evaluate_id)["confusion_matrix"] == env.cli_json("results", job_id)["confusion_matrix"]
+
+    # Weights of the tutorial's Net in a fast job's checkpoint: the error names the network expected.
+    import hashlib
+
+    from sqlalchemy import create_engine, text
+
+    buffer = io.BytesIO()
+    torch.save(Net().state_dict(), buffer)
+    weights = buffer.getvalue()
+    engine = create_engine(f"sqlite:///{env.home / 'cifarq.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE checkpoints SET weights = :w, sha256 = :h WHERE job_id = :j"),
+                     {"w": weights, "h": hashlib.sha256(weights).hexdigest(), "j": job_id})
+    engine.dispose()
+    foreign = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]
+    assert env.cli("wait", foreign, "--timeout", "120", check=False).returncode == 1
+    error = env.cli_json("status", foreign)["error"]
+    assert error.startswith(f"checkpoint of job {job_id} after epoch 2 does not fit the fast recipe's network: ")
+
+
 def test_fast_only_flag_refused_by_the_cli(sqlite_worker_env):
     result = sqlite_worker_env.cli("submit", "train", "--tta-level", "1", check=False)
     assert result.returncode != 0 and "invalid --tta-level 1: only --recipe fast has it" in result.stderr
@@ -109,7 +141,7 @@ def test_weight_decay_per_step_is_airbenchs_in_every_group():
     config = TrainConfig(recipe="fast")
     model = FastNet(width=8)
     optimizer = make_optimizer(model, config, batch_size=1024)
-    expected = WEIGHT_DECAY * 1024 / (1024 * (1 + 1 / (1 - config.momentum)))
+    expected = FAST_HYP["weight_decay"] * 1024 / (1024 * (1 + 1 / (1 - config.momentum)))
     biases, others = optimizer.param_groups
     assert biases["lr"] == pytest.approx(64 * others["lr"])
     for group in optimizer.param_groups:

@@ -14,7 +14,7 @@ import pytest
 from tests.test_end_to_end import FAST
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The sizes shared/report.py promises (inches x 100 dpi), written out again: a change must be deliberate.
+# The sizes api_cli/report_render.py promises (inches x 100 dpi), written out again: a change must be deliberate.
 SIZES = {"curves": (1000, 400), "confusion": (700, 600), "per_class": (800, 400), "samples": (800, 500)}
 
 

@@ -10,7 +10,8 @@ from shared.jobspec import TrainConfig
 from tests.fakedata import write_cifar10
 from tests.recording_hooks import Recorder
 from worker.checkpoints import CheckpointError, load_bytes
-from worker.train import Resume, StopRequested, train
+from worker.loop import Resume, StopRequested
+from worker.train import train
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from tests.recording_hooks import Recorder
 from worker.data import Split, load_split
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
-from worker.train import Resume, train
+from worker.loop import Resume
+from worker.train import train
 
 CPU = torch.device("cpu")
 
@@ -116,7 +117,7 @@ def test_cuda_graph_capture_falls_back_to_eager_and_keeps_the_weights():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = Recorder()
-    from worker.train import capture_step
+    from worker.recipes.tutorial import capture_step
 
     assert capture_step(TutorialStep(model, optimizer), 4, torch.device("cpu"), hooks) is None
     assert any("CUDA graph capture failed" in line for line in hooks.lines)
@@ -150,7 +151,7 @@ def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
 
 
 def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch):
-    from worker.train import COMPILE_MIN_STEPS, compile_step
+    from worker.recipes.tutorial import COMPILE_MIN_STEPS, compile_step
 
     torch.manual_seed(0)
     model = Net()

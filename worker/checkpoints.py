@@ -4,19 +4,18 @@ A missing or corrupt checkpoint is an error with a clear message, never a silent
 """
 from __future__ import annotations
 
+import hashlib
 import io
 
 import torch
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.errors import CifarqError
-from shared.jobs import find_checkpoint
+from shared.errors import CifarqError, first_line
+from shared.jobs import find_checkpoint, latest_checkpoint
 from shared.jobspec import EvaluateConfig
 from shared.models import Checkpoint
+from worker.loop import Resume
 from worker.model import model_from_state_dict
-from worker.records import sha256
-from worker.train import Resume
 
 
 class CheckpointError(CifarqError):
@@ -24,13 +23,12 @@ class CheckpointError(CifarqError):
 
 
 def load_bytes(data: bytes, *, expected_sha256: str | None, what: str) -> dict:
-    if expected_sha256 is not None and sha256(data) != expected_sha256:
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise CheckpointError(f"{what} is corrupt: its sha256 does not match the stored hash")
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{what} cannot be loaded weights-only: {first_line}") from exc
+        raise CheckpointError(f"{what} cannot be loaded weights-only: {first_line(exc)}") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} is not a state dict (it holds a {type(obj).__name__})")
     return obj
@@ -51,13 +49,17 @@ def load_weights_for_evaluation(*, session: Session, job_id: str, config: Evalua
         checkpoint = find_checkpoint(session=session, job_id=config.source_job, epoch=config.source_epoch)
         what = f"checkpoint of job {checkpoint.job_id} after epoch {checkpoint.epoch}"
     else:
-        checkpoint = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).first()
+        checkpoint = latest_checkpoint(session=session, job_id=job_id)  # the one uploaded with it
         if checkpoint is None:
             raise CheckpointError(f"evaluate job {job_id} has no uploaded weights")
         what = f"uploaded weights {config.weights_file or ''}".strip()
     state_dict = load_bytes(checkpoint.weights, expected_sha256=checkpoint.sha256, what=what)
+    trained_with = checkpoint.config or {}  # the train job's config, saved with its checkpoint
+    recipe = trained_with.get("recipe", "tutorial")
     try:
-        model = model_from_state_dict(state_dict, recipe=(checkpoint.config or {}).get("recipe", "tutorial"))
+        # Evaluated as its own job evaluated it: the same test-time augmentation.
+        model = model_from_state_dict(state_dict, recipe=recipe, tta_level=trained_with.get("tta_level"))
     except ValueError as exc:
-        raise CheckpointError(f"{what} does not fit cifarq's Net: {exc}") from exc
+        network = "the fast recipe's network" if recipe == "fast" else "cifarq's Net"
+        raise CheckpointError(f"{what} does not fit {network}: {exc}") from exc
     return model, checkpoint.id, what

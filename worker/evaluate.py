@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from shared.metrics import accuracy, correct_and_total
 from worker.data import Split
 from worker.model import normalize
 
@@ -18,15 +19,15 @@ class Evaluation:
 
     @property
     def correct(self) -> int:
-        return sum(self.confusion[i][i] for i in range(len(self.classes)))
+        return correct_and_total(self.confusion)[0]
 
     @property
     def total(self) -> int:
-        return sum(map(sum, self.confusion))
+        return correct_and_total(self.confusion)[1]
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
+        return accuracy(*correct_and_total(self.confusion))
 
 
 @torch.no_grad()

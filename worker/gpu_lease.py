@@ -4,8 +4,9 @@ Compose gives every replica the same device request (docker/compose#11863), so t
 share out the GPUs themselves. A lease is keyed by the GPU's UUID, never its index, so that
 hosts sharing one Redis never collide (GPU 0 of host A is not GPU 0 of host B).
 
-- Redis broker: `SET cifarq:gpu-lease:<uuid> <holder> NX EX ttl`, renewed by a thread while
-  the worker lives and deleted on exit; a worker killed hard loses its lease after the TTL.
+- Redis broker: a redis-py Lock on `cifarq:gpu-lease:<uuid>` whose token is the holder's
+  description (`SET NX PX ttl` underneath), renewed by a thread while the worker lives and
+  released on exit; a worker killed hard loses its lease after the TTL.
 - Embedded broker (one machine): an flock on `$CIFARQ_HOME/gpu-leases/<uuid>.lock`; the
   kernel drops it when the process dies, however it dies.
 
@@ -108,39 +109,40 @@ class FileLease:
             self._file.close()
 
 
-# Renew or delete only a lease that is still ours: after a long stall another worker may hold it.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
-_DELETE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-
 class RedisLease:
-    def __init__(self, gpu: Gpu, client, holder: str, ttl: int) -> None:
-        self.gpu, self._client, self._holder, self._ttl = gpu, client, holder, ttl
-        self._key = KEY_PREFIX + gpu.uuid
+    """A redis-py Lock on the GPU's key, taken with this worker's holder string as its token.
+    redis-py renews and releases it with its own token-checked scripts: after a long stall,
+    when another worker may hold the GPU, this one can neither renew nor delete that lease."""
+
+    def __init__(self, gpu: Gpu, lock, ttl: int) -> None:
+        self.gpu, self._lock, self._ttl = gpu, lock, ttl
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_forever, daemon=True, name="gpu-lease")
         self._thread.start()
 
     @classmethod
     def try_take(cls, gpu: Gpu, client, holder: str, ttl: int) -> Optional["RedisLease"]:
-        if client.set(KEY_PREFIX + gpu.uuid, holder, nx=True, ex=ttl):
-            return cls(gpu, client, holder, ttl)
-        return None
+        # thread_local=False: the token must be visible to the renewing thread too.
+        lock = client.lock(KEY_PREFIX + gpu.uuid, timeout=ttl, thread_local=False)
+        return cls(gpu, lock, ttl) if lock.acquire(blocking=False, token=holder) else None
 
     def _renew_forever(self) -> None:
+        from redis.exceptions import LockNotOwnedError
+
         while not self._stop.wait(self._ttl / 3):
             try:
-                if not self._client.eval(_RENEW, 1, self._key, self._holder, self._ttl):
-                    log.error("lost the lease on GPU %s (%s): another worker may be using it",
-                              self.gpu.index, self.gpu.uuid)
+                self._lock.reacquire()  # the TTL back to its full length
+            except LockNotOwnedError:
+                log.error("lost the lease on GPU %s (%s): another worker may be using it",
+                          self.gpu.index, self.gpu.uuid)
             except Exception as exc:  # Redis away for a moment: try again next round
                 log.warning("could not renew the lease on GPU %s: %s", self.gpu.index, exc)
 
     def release(self) -> None:
         self._stop.set()
         try:
-            self._client.eval(_DELETE, 1, self._key, self._holder)
-        except Exception as exc:  # the TTL frees it anyway
+            self._lock.release()
+        except Exception as exc:  # not ours any more, or Redis away: the TTL frees it anyway
             log.warning("could not release the lease on GPU %s: %s", self.gpu.index, exc)
 
 

@@ -20,7 +20,7 @@ from shared.db import session_scope
 from shared.errors import CifarqError
 from shared.liveness import mark_alive
 from shared.settings import get_settings
-from worker import registry
+from shared import registry
 from worker.gpu_lease import Gpu, Lease, list_gpus, take_lease
 
 log = logging.getLogger("cifarq.launcher")
@@ -122,7 +122,7 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
                                  preexec_fn=_die_with_parent)
         threading.Thread(target=_heartbeat, args=(stop, record), daemon=True, name="heartbeat").start()
         if reap_every != 0:  # None: CIFARQ_REAP_INTERVAL_SECONDS
-            from worker.reaper import run_forever
+            from shared.reaper import run_forever
 
             threading.Thread(target=run_forever, args=(reap_every, stop), daemon=True, name="reaper").start()
         while True:

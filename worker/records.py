@@ -12,6 +12,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import as_utc, utcnow
+from shared.metrics import accuracy, correct_and_total
 from shared.models import Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result
 
 
@@ -90,20 +91,14 @@ def record_epoch(*, session: Session, claim: Claim, epoch: int, loss: float, sec
                            config=config))
 
 
-def latest_checkpoint(*, session: Session, job_id: str) -> Optional[Checkpoint]:
-    return session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
-                           .order_by(Checkpoint.epoch.desc()).limit(1)).first()
-
-
 def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int]], classes: tuple[str, ...],
                      checkpoint_id: Optional[int], samples: Optional[list[dict]] = None) -> None:
     """Results and the final state in one transaction: recorded exactly once."""
-    correct = sum(confusion[i][i] for i in range(len(classes)))
-    total = sum(map(sum, confusion))
-    accuracy = correct / total if total else 0.0
-    _owned(session, claim, status=JobStatus.succeeded, finished_at=utcnow(), test_accuracy=accuracy,
+    correct, total = correct_and_total(confusion)
+    overall = accuracy(correct, total)
+    _owned(session, claim, status=JobStatus.succeeded, finished_at=utcnow(), test_accuracy=overall,
            attempt_token=None)
-    session.add(Result(job_id=claim.job_id, accuracy=accuracy, correct=correct, total=total,
+    session.add(Result(job_id=claim.job_id, accuracy=overall, correct=correct, total=total,
                        confusion_matrix=confusion, checkpoint_id=checkpoint_id, samples=samples,
                        classes=[ClassResult(job_id=claim.job_id, class_index=i, class_name=name,
                                             correct=confusion[i][i], total=sum(confusion[i]))
@@ -112,7 +107,7 @@ def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int
     last = session.scalars(select(EpochMetric).where(EpochMetric.job_id == claim.job_id)
                            .order_by(EpochMetric.epoch.desc()).limit(1)).first()
     if last is not None:
-        last.test_accuracy = accuracy
+        last.test_accuracy = overall
 
 
 def finish(*, session: Session, claim: Claim, status: JobStatus, error: Optional[str]) -> None:

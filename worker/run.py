@@ -17,8 +17,10 @@ import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.db import retry_while_unreachable, session_scope
-from shared.errors import CifarqError
+from shared.errors import CifarqError, first_line
+from shared.jobs import latest_checkpoint
 from shared.jobspec import EvaluateConfig, TrainConfig
+from shared.metrics import accuracy
 from shared.models import Job, JobKind, JobStatus
 from shared.settings import get_settings
 from worker import records
@@ -27,7 +29,8 @@ from worker.data import load_split
 from worker.devices import describe, resolve_device
 from worker.evaluate import evaluate
 from worker.tensorboard import TensorBoardLog
-from worker.train import StopRequested, train
+from worker.loop import StopRequested
+from worker.train import train
 
 log = logging.getLogger("cifarq.worker")
 
@@ -82,7 +85,7 @@ class JobRun:
     def should_stop(self) -> bool:
         return self._stop.is_set() or SHUTDOWN.is_set()
 
-    def epoch_done(self, *, epoch: int, loss: float, seconds: float, images_per_second: float,
+    def epoch_done(self, *, epoch: int, loss: float, seconds: float, images_per_second: float, lr: float,
                    weights: bytes, train_state: bytes) -> None:
         def write() -> None:
             self.flush()
@@ -94,7 +97,7 @@ class JobRun:
         # The safe point: training waits here (with backoff) while the database is away.
         retry_while_unreachable(write, what=f"checkpoint of job {self.claim.job_id}")
         if self.tensorboard is not None:
-            self.tensorboard.epoch(epoch, loss=loss, lr=self.config["lr"], images_per_second=images_per_second)
+            self.tensorboard.epoch(epoch, loss=loss, lr=lr, images_per_second=images_per_second)
 
     # -- the heartbeat --
     def take_lines(self) -> list[str]:
@@ -157,7 +160,7 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
         error = str(exc)
     except Exception as exc:
         if _is_out_of_memory(exc):
-            error = f"out of memory on {run.device_name} at batch size {params.get('batch_size')}: {_first_line(exc)}"
+            error = f"out of memory on {run.device_name} at batch size {params.get('batch_size')}: {first_line(exc)}"
         else:
             error = f"{type(exc).__name__}: {exc}"
             run.log(traceback.format_exc())
@@ -205,11 +208,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _cancel_requested(job_id: str) -> bool:
     with session_scope() as session:
         return bool(session.get(Job, job_id).cancel_requested)
@@ -228,7 +226,7 @@ def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
     device = _start_on_device(run, config.device)
     run.config = config.model_dump()
     with session_scope() as session:
-        checkpoint = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
+        checkpoint = latest_checkpoint(session=session, job_id=run.claim.job_id)
         resume = load_resume(checkpoint) if checkpoint is not None else None
     settings = get_settings()
     with TensorBoardLog(_safe_path_part(run.claim.job_id), settings.artifacts) as run.tensorboard:
@@ -262,11 +260,11 @@ def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
     run.log(f"Accuracy of the network on the {result.total} test images: {100 * result.accuracy:.1f} %")
     for i, name in enumerate(result.classes):
         row = result.confusion[i]
-        run.log(f"Accuracy for class: {name:5s} is {100 * row[i] / max(sum(row), 1):.1f} %")
+        run.log(f"Accuracy for class: {name:5s} is {100 * accuracy(row[i], sum(row)):.1f} %")
     def write() -> None:
         run.flush()
         with session_scope() as session:
-            latest = records.latest_checkpoint(session=session, job_id=run.claim.job_id)
+            latest = latest_checkpoint(session=session, job_id=run.claim.job_id)
             records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
                                      classes=result.classes, samples=result.samples,
                                      checkpoint_id=checkpoint_id or (latest.id if latest else None))

@@ -1,17 +1,18 @@
 """Celery tasks: thin wrappers that hand a job id to plain functions (worker/run.py).
 
-Pool: prefork, one child at a time, a fresh child per job (worker_max_tasks_per_child=1).
-The parent never touches CUDA (pytorch#40403: CUDA cannot be re-initialised in a forked
-child), stays free to answer heartbeats, remote control and time limits, and each job gets a
-fresh CUDA context whose memory goes back to the driver when the child exits.
+Pool: prefork, one child at a time; on a GPU worker a fresh child per job (the launcher's
+--max-tasks-per-child, worker/launcher.py), so each job gets a fresh CUDA context whose memory
+goes back to the driver when the child exits. The parent never touches CUDA (pytorch#40403:
+CUDA cannot be re-initialised in a forked child) and stays free to answer heartbeats, remote
+control and time limits.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import signal
-from pathlib import Path
 
+import psutil
 # Imported once in the parent so that each fresh child starts in milliseconds. Importing torch
 # does not initialise CUDA; only a CUDA call does, and those happen in the child only.
 import torch  # noqa: F401
@@ -63,41 +64,24 @@ def _fresh_child(**_kwargs) -> None:
     reset_after_fork()  # pooled database connections must not cross a fork
 
 
-def _child_pids(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:  # no procfs (not Linux): scan every process for its parent
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid:
-                children.append(int(stat.parent.name))
-        return children
-
-
 @worker_shutting_down.connect
 def _hand_back_running_job(**_kwargs) -> None:
     # Runs in the parent on SIGTERM (warm shutdown), which alone would wait for the job to end.
-    for pid in _child_pids(os.getpid()):
+    for child in psutil.Process().children():
         try:
-            os.kill(pid, HAND_BACK_SIGNAL)
-        except ProcessLookupError:
+            child.send_signal(HAND_BACK_SIGNAL)
+        except psutil.NoSuchProcess:  # it ended in between
             pass
 
 
-@app.task(name=RUN_JOB_TASK, bind=True)
+# NotClaimed: the database was unreachable before the job was claimed. Celery sends the message
+# again after 1, 2, 4 ... 60 s, for as long as it takes, rather than ack it and leave the job
+# queued with no message. (Losing the database after the claim needs nothing here: the
+# heartbeat goes stale and the reaper re-queues the job, which resumes from its checkpoint.)
+@app.task(name=RUN_JOB_TASK, bind=True, autoretry_for=(run.NotClaimed,), max_retries=None,
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=False)
 def run_job(self, job_id: str) -> None:
     # Set here, not in worker_process_init: billiard resets the child's signal handlers after
     # that hook runs, and its own handler for this signal would end the process mid-job.
     signal.signal(HAND_BACK_SIGNAL, lambda _signum, _frame: run.SHUTDOWN.set())
-    try:
-        run.execute_job(job_id, worker_name=self.request.hostname)
-    except run.NotClaimed as exc:
-        # The database was unreachable before the job was claimed: send the message again later
-        # rather than ack it and leave the job queued with no message.
-        # (Losing the database after the claim needs nothing here: the heartbeat goes stale and
-        # the reaper re-queues the job, which resumes from its last checkpoint.)
-        raise self.retry(exc=exc.__cause__, countdown=min(60, 2 ** self.request.retries), max_retries=None)
+    run.execute_job(job_id, worker_name=self.request.hostname)

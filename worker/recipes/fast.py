@@ -4,16 +4,19 @@ legacy/airbench94.py, our own code): 94% in ~10 epochs on a GPU, by its author's
 What makes it fast and good, section by section:
 - Data: the set stays on the device as uint8; each epoch is augmented there in one go
   (random crop with 2-pixel reflect padding, horizontal flip), no loader.
-- Network: a 2x2 conv whose weights whiten the input patches (computed from the training
-  data, frozen; its bias trains for the first 3 epochs), then three conv blocks
-  (conv-pool-BN-GELU-conv-BN-GELU) of widths w, 4w, 4w, a max-pool and a linear head scaled by 1/9.
+- Network (FastNet, in worker/model.py): a 2x2 conv whose weights whiten the input patches
+  (computed from the training data, frozen; its bias trains for the first 3 epochs), then three
+  conv blocks (conv-pool-BN-GELU-conv-BN-GELU) of widths w, 4w, 4w, a max-pool and a linear head
+  scaled by 1/9.
 - Training: Nesterov SGD with the learning rate and weight decay per 1024 examples, BN biases at
   64x the rate, a triangular schedule, label smoothing 0.2, and lookahead (an EMA of the weights,
   blended back every 5 steps, copied in at the end). bfloat16 autocast and channels_last on CUDA.
 - Evaluation: test-time augmentation (mirror, and 1-pixel shifts), done by `FastNet.predict`,
   which worker/evaluate.py calls.
 
-It runs on the CPU too (float32, slowly), so that CI trains it end to end on a small data set.
+Every hyperparameter is in shared/recipes.py (RECIPE_DEFAULTS["fast"] for those with a flag,
+FAST_HYP for the fixed ones). It runs on the CPU too (float32, slowly), so that CI trains it end
+to end on a small data set.
 Its GPU figures, beside airbench94's own on the same GPU and data, are in docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -27,105 +30,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared.jobspec import TrainConfig
+from shared.recipes import FAST_HYP
 from worker.data import Split, load_split
-
-MEAN = (125.31, 122.95, 113.87)  # CIFAR-10 channel means and stds, on the 0..255 scale
-STD = (62.99, 62.09, 66.70)
-WHITEN_KERNEL = 2
-WHITEN_BIAS_EPOCHS = 3  # the whitening conv's bias trains this many epochs, then freezes
-BN_MOMENTUM = 0.6  # airbench's, in its (1 - torch's) convention: torch momentum 0.4
-BIAS_LR_SCALE = 64.0  # BatchNorm biases learn this much faster (weight decay unchanged)
-WEIGHT_DECAY = 0.0153  # per 1024 examples
-LOOKAHEAD_EVERY = 5  # steps between lookahead blends
-SCALE_OUT = 1 / 9  # the head's output scaling
-
-
-# ----------------------------------------------------------------------------- network
-class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
-        self.norm1 = nn.BatchNorm2d(c_out, momentum=1 - BN_MOMENTUM, eps=1e-12)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding="same", bias=False)
-        self.norm2 = nn.BatchNorm2d(c_out, momentum=1 - BN_MOMENTUM, eps=1e-12)
-        for norm in (self.norm1, self.norm2):
-            norm.weight.requires_grad_(False)  # scale fixed at 1: only the bias learns
-        for conv in (self.conv1, self.conv2):  # identity-like start: partial Dirac init
-            w = conv.weight.data
-            torch.nn.init.dirac_(w[:min(w.shape[0], w.shape[1])])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c_in, H, W) -> (B, c_out, H/2, W/2)
-        x = F.max_pool2d(self.conv1(x), 2)
-        x = F.gelu(self.norm1(x))
-        return F.gelu(self.norm2(self.conv2(x)))
-
-
-class FastNet(nn.Module):
-    def __init__(self, width: int = 64, num_classes: int = 10, tta_level: int = 2):
-        super().__init__()
-        whiten_channels = 2 * 3 * WHITEN_KERNEL ** 2  # each whitening direction, and its negative
-        self.whiten = nn.Conv2d(3, whiten_channels, WHITEN_KERNEL, padding=0, bias=True)
-        self.whiten.weight.requires_grad_(False)
-        nn.init.zeros_(self.whiten.bias)  # the whitening starts unbiased; the bias learns for 3 epochs
-        self.block1 = ConvGroup(whiten_channels, width)
-        self.block2 = ConvGroup(width, 4 * width)
-        self.block3 = ConvGroup(4 * width, 4 * width)
-        self.head = nn.Linear(4 * width, num_classes, bias=False)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
-        self.tta_level = tta_level  # read by predict(); not a weight
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, 32, 32) -> float, per-channel standardised, in the weights' memory format."""
-        x = (images.float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if images.is_cuda else x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # normalised (B, 3, 32, 32) -> (B, classes)
-        x = F.gelu(self.whiten(x))  # (B, 24, 31, 31)
-        x = self.block3(self.block2(self.block1(x)))  # (B, 4w, 3, 3)
-        x = F.adaptive_max_pool2d(x, 1).flatten(1)
-        return self.head(x) * SCALE_OUT
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of uint8 images with test-time augmentation (worker/evaluate.py calls this)."""
-        x = self.normalize(images)
-        with autocast(x.device):
-            if self.tta_level == 0:
-                return self(x).float()
-            logits = (self(x) + self(x.flip(-1))).float() / 2
-            if self.tta_level == 1:
-                return logits
-            # Shifted by one pixel up-left and down-right (reflect-padded), each mirrored too.
-            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-            shifted = [padded[:, :, :32, :32], padded[:, :, 2:, 2:]]
-            shifted_logits = sum((self(s) + self(s.flip(-1))).float() for s in shifted) / 4
-            return 0.5 * logits + 0.5 * shifted_logits
-
-    def init_whitening(self, train_images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Whitening weights from the 2x2 patches of (up to) 5000 training images: each
-        eigenvector of the patch covariance scaled by 1/sqrt(its eigenvalue), plus its negative."""
-        x = self.normalize(train_images[:5000]).float()
-        patches = x.unfold(2, WHITEN_KERNEL, 1).unfold(3, WHITEN_KERNEL, 1)  # (n, 3, 31, 31, 2, 2)
-        patches = patches.transpose(1, 3).reshape(-1, 3 * WHITEN_KERNEL ** 2).double()
-        covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).flip(0)
-        filters = filters.view(-1, 3, WHITEN_KERNEL, WHITEN_KERNEL).float()  # (12, 3, 2, 2), (c, h, w) order
-        with torch.no_grad():
-            self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
-
-
-def autocast(device: torch.device):
-    """bfloat16 autocast on CUDA; nothing on the CPU (float32 there: correct first, CI-sized)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+from worker.loop import Resume, TrainHooks, end_epoch, epoch_generator, report_step
+from worker.model import FastNet, autocast
 
 
 # ----------------------------------------------------------------------------- data
 def augmented_epoch(images: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
     """The epoch's inputs: random 32x32 crops of the 2-pixel reflect-padded images, half of them
     mirrored. Depends on (seed, epoch) only, so a resumed job sees the same batches. On the device."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
+    generator = epoch_generator(seed, epoch, stream=7)
     n = len(images)
     shifts = torch.randint(0, 5, (2, n), generator=generator).to(images.device)
     flips = (torch.rand(n, generator=generator) < 0.5).to(images.device)
@@ -139,10 +54,8 @@ def augmented_epoch(images: torch.Tensor, seed: int, epoch: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------- training
-def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks, resume=None,
-               train_set: Optional[Split] = None) -> FastNet:
-    from worker.train import report_step, to_bytes
-
+def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: TrainHooks,
+               resume: Optional[Resume] = None, train_set: Optional[Split] = None) -> FastNet:
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     train_set = train_set or load_split(data_dir, train=True)
@@ -181,9 +94,8 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
         epoch_started = time.perf_counter()
         timer = DeviceTimer(device)
         model.train()
-        model.whiten.bias.requires_grad_(epoch < WHITEN_BIAS_EPOCHS)
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=generator).to(device)
+        model.whiten.bias.requires_grad_(epoch < FAST_HYP["whiten_bias_epochs"])
+        order = torch.randperm(n, generator=epoch_generator(config.seed, epoch)).to(device)
         inputs_epoch = augmented_epoch(images, config.seed, epoch)
         loss_sum = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
@@ -199,7 +111,7 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() / batch_size
-            if (global_step + 1) % LOOKAHEAD_EVERY == 0:
+            if (global_step + 1) % FAST_HYP["lookahead_every"] == 0:
                 # The EMA decays ever more slowly as training ends (airbench: 0.95^5 * progress^3).
                 blend_lookahead(model, lookahead, 0.95 ** 5 * ((global_step + 1) / total_steps) ** 3)
             if global_step == 0:  # the first step builds kernels / cuDNN plans: timed apart
@@ -212,17 +124,12 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
         if epoch + 1 == config.epochs:
             blend_lookahead(model, lookahead, 1.0)  # the final weights are the lookahead's
         train_seconds += timer.seconds()
-        epoch_loss = loss_sum.item() / steps_per_epoch
-        seconds = time.perf_counter() - epoch_started
-        images_done = steps_per_epoch * batch_size
-        hooks.progress(epoch=epoch + 1, step=steps_per_epoch, steps_per_epoch=steps_per_epoch, loss=epoch_loss)
-        hooks.log(f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.3f}, {seconds:.1f} s, "
-                  f"{images_done / seconds:.0f} images/s")
-        hooks.epoch_done(epoch=epoch + 1, loss=epoch_loss, seconds=seconds, images_per_second=images_done / seconds,
-                         weights=to_bytes(model.state_dict()),
-                         train_state=to_bytes({"optimizer": {"sgd": optimizer.state_dict(),
-                                                             "lookahead": lookahead},
-                                               "epochs_done": epoch + 1, "config": config.model_dump()}))
+        # The rate the epoch ended with, per 1024 examples as --lr gives it (TensorBoard's train/lr).
+        lr = config.lr * triangle((epoch + 1) * steps_per_epoch / total_steps)
+        end_epoch(hooks, config, epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
+                  loss=loss_sum.item() / steps_per_epoch, seconds=time.perf_counter() - epoch_started,
+                  images=steps_per_epoch * batch_size, lr=lr, model=model,
+                  optimizer_state={"sgd": optimizer.state_dict(), "lookahead": lookahead})
     hooks.log(f"timing: data loading {data_seconds:.1f} s; first step (kernel selection, warm-up) "
               f"{compile_seconds:.2f} s; training {train_seconds - compile_seconds:.2f} s "
               f"for {config.epochs - start_epoch} epoch(s)")
@@ -238,10 +145,11 @@ def make_optimizer(model: FastNet, config: TrainConfig, batch_size: int) -> torc
     its rate: every weight then shrinks by `wd` per step (times the schedule), whatever its
     group's rate. (Passing `wd` itself would make the decay ~700x too weak.)"""
     kilostep = 1024 * (1 + 1 / (1 - config.momentum))
-    lr, wd = config.lr / kilostep, WEIGHT_DECAY * batch_size / kilostep
+    lr, wd = config.lr / kilostep, FAST_HYP["weight_decay"] * batch_size / kilostep
+    bias_lr = lr * FAST_HYP["bias_lr_scale"]
     norm_biases = [p for name, p in model.named_parameters() if "norm" in name and p.requires_grad]
     others = [p for name, p in model.named_parameters() if "norm" not in name and p.requires_grad]
-    optimizer = torch.optim.SGD([dict(params=norm_biases, lr=lr * BIAS_LR_SCALE, weight_decay=wd / (lr * BIAS_LR_SCALE)),
+    optimizer = torch.optim.SGD([dict(params=norm_biases, lr=bias_lr, weight_decay=wd / bias_lr),
                                  dict(params=others, lr=lr, weight_decay=wd / lr)],
                                 momentum=config.momentum, nesterov=True)
     for group in optimizer.param_groups:
@@ -268,8 +176,10 @@ class DeviceTimer:
         return self.start.elapsed_time(end) / 1000
 
 
-def triangle(progress: float, start: float = 0.2, peak_at: float = 0.23, end: float = 0.07) -> float:
-    """The learning-rate multiplier: linear from `start` up to 1 at `peak_at`, then down to `end`."""
+def triangle(progress: float) -> float:
+    """The learning-rate multiplier at `progress` (0..1 of all steps): linear from `start` up to 1
+    at `peak_at`, then down to `end` (FAST_HYP["lr_schedule"])."""
+    start, peak_at, end = (FAST_HYP["lr_schedule"][k] for k in ("start", "peak_at", "end"))
     if progress < peak_at:
         return start + (1 - start) * progress / peak_at
     return 1 + (end - 1) * (progress - peak_at) / (1 - peak_at)

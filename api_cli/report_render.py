@@ -1,21 +1,20 @@
-"""A job's report: PNG figures (matplotlib, Agg) and one self-contained HTML page.
+"""`cifarq report`'s output: PNG figures (matplotlib, Agg) and one self-contained HTML page.
 
-Everything comes from the database (epoch metrics, results, evaluations of the job's
-checkpoints), except the test images of the sample grid, which come from the client's own copy
-of the data set (`test_batch` under CIFARQ_DATA_DIR) when it has one; otherwise the grid is left
-out with a note. matplotlib and numpy are imported inside the functions: importing this module
-costs nothing, and the client needs them only for `cifarq report` (the `report` extra).
+The data comes from the database (shared.results.load_report_data), except the test images of
+the sample grid, which come from the client's own copy of the data set (`test_batch` under
+CIFARQ_DATA_DIR) when it has one; otherwise the grid is left out with a note. matplotlib and
+numpy are imported inside the functions, not with this module: the client needs them only when
+it draws a report (the `report` extra).
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
-import pickle
-import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.results import ReportData
 
 # Figure sizes in inches at DPI: the PNGs are exactly these many pixels (no tight bbox cropping).
 DPI = 100
@@ -28,38 +27,6 @@ FIGURES = {
 GRID_COLUMNS = 8
 
 
-@dataclass
-class ReportData:
-    job: dict[str, Any]  # shared.jobs.job_to_dict
-    result: dict[str, Any]  # shared.jobs.result_to_dict
-    epochs: list[dict[str, Any]]  # epoch, loss, test_accuracy, seconds, images_per_second
-    # Test accuracy after k epochs, from the job itself (its last epoch) and from evaluate jobs of
-    # its checkpoints: {epoch: accuracy}
-    accuracy_by_epoch: dict[int, float] = field(default_factory=dict)
-
-
-def load_report_data(*, session, job_id: str) -> ReportData:
-    from sqlalchemy import select
-
-    from shared.jobs import get_job, get_result, job_to_dict, result_to_dict
-    from shared.models import EpochMetric, Job, JobKind, JobStatus, Result
-
-    job = get_job(session=session, job_id=job_id)
-    result = result_to_dict(get_result(session=session, job=job))
-    epochs = [{"epoch": m.epoch, "loss": m.loss, "test_accuracy": m.test_accuracy, "seconds": m.seconds,
-               "images_per_second": m.images_per_second}
-              for m in session.scalars(select(EpochMetric).where(EpochMetric.job_id == job.id).order_by(EpochMetric.epoch))]
-    accuracy = {m["epoch"]: m["test_accuracy"] for m in epochs if m["test_accuracy"] is not None}
-    evaluations = session.execute(
-        select(Job.params, Result.accuracy).join(Result, Result.job_id == Job.id)
-        .where(Job.kind == JobKind.evaluate, Job.status == JobStatus.succeeded,
-               Job.params["source_job"].as_string() == job.id)).all()
-    for params, value in evaluations:
-        if params.get("source_epoch") is not None:
-            accuracy.setdefault(int(params["source_epoch"]), value)
-    return ReportData(job=job_to_dict(job), result=result, epochs=epochs, accuracy_by_epoch=dict(sorted(accuracy.items())))
-
-
 # -- the test images --------------------------------------------------------------------------
 
 def load_test_images(data_dir: Path, samples: list[dict[str, int]]):
@@ -68,25 +35,15 @@ def load_test_images(data_dir: Path, samples: list[dict[str, int]]):
     Reads cifar-10-batches-py/test_batch, or that member of cifar-10-python.tar.gz beside it. The
     labels stored with the samples must match the file's: a different data set gives no grid.
     """
-    import numpy as np
+    from shared.cifar_files import DataError, read_test_batch
 
     if not samples:
         return None, "the job recorded no sample predictions"
-    folder = data_dir / "cifar-10-batches-py"
-    archive = data_dir / "cifar-10-python.tar.gz"
     try:
-        if (folder / "test_batch").is_file():
-            with open(folder / "test_batch", "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-        elif archive.is_file():
-            with tarfile.open(archive) as tar:
-                batch = pickle.load(tar.extractfile("cifar-10-batches-py/test_batch"), encoding="bytes")
-        else:
-            return None, f"no CIFAR-10 test set under {data_dir} (set CIFARQ_DATA_DIR to show the test images)"
-        data = batch.get(b"data", batch.get("data"))
-        labels = batch.get(b"labels", batch.get("labels"))
-        data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: the report goes on without the grid
+        data, labels = read_test_batch(data_dir)
+    except DataError as exc:  # absent, damaged or foreign: the report goes on without the grid
+        if str(exc).startswith("no CIFAR-10 test set"):
+            return None, f"{exc} (set CIFARQ_DATA_DIR to show the test images)"
         return None, f"could not read the CIFAR-10 test set under {data_dir}: {exc}"
     indices = [s["index"] for s in samples]
     if max(indices) >= len(data) or any(int(labels[s["index"]]) != s["label"] for s in samples):

@@ -38,6 +38,11 @@ def remove_worker(*, session: Session, name: str) -> None:
     session.execute(delete(WorkerRecord).where(WorkerRecord.name == name))
 
 
+def all_workers(*, session: Session) -> list[WorkerRecord]:
+    """Every row, live or not, by host and name (`cifarq workers --all`)."""
+    return list(session.scalars(select(WorkerRecord).order_by(WorkerRecord.host, WorkerRecord.name)))
+
+
 def live_workers(*, session: Session, queue: Optional[str] = None) -> list[WorkerRecord]:
     """Workers whose heartbeat is recent, optionally only those that consume `queue`."""
     since = utcnow() - timedelta(seconds=ALIVE_SECONDS)

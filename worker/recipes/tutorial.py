@@ -1,0 +1,184 @@
+"""The tutorial's training loop, read top to bottom, minus its per-image and per-op overhead.
+
+Same recipe as the tutorial (Net, CrossEntropyLoss, SGD with momentum, batch 4), but:
+- the whole data set sits in one uint8 tensor on the device; a few thousand batches at a time are
+  gathered and normalised in one go (channel-major, as the step wants them), so no DataLoader,
+  PIL or per-image transform runs in the hot loop;
+- the step is worker/recipes/tutorial_step.py: forward, backward and SGD written out as ~45 plain
+  tensor ops, no autograd graph (same gradients up to float rounding, tested);
+- on the CPU at small batches it runs on one thread (worker/train.py sets that): the ops are far
+  too small to split, and waking a second thread costs more than it saves;
+- on CUDA the full-batch step is captured once in a CUDA graph and replayed, so batch 4 is not
+  bound by kernel launches; the last, short batch of an epoch runs eagerly;
+- on the CPU, for jobs long enough to repay it, the full-batch step is compiled by
+  torch.compile (inductor fuses the ~45 small ops into a few C++ loops: 1.5-1.7x per step);
+  short jobs, hosts without a C++ compiler and failed compiles run the same step eagerly;
+- the loss is summed on the device and read only when a log line is due.
+
+worker/train.py picks this loop or the fast recipe's (worker/recipes/fast.py) by config.recipe.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from shared.errors import first_line
+from shared.jobspec import TrainConfig
+from worker.data import Split, load_split
+from worker.loop import Resume, TrainHooks, end_epoch, epoch_generator, report_step
+from worker.model import Net, normalize
+from worker.recipes.tutorial_step import TutorialStep
+
+CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
+# A CPU job compiles its step (CIFARQ_CPU_COMPILE=auto) from this many full-batch steps on. The
+# compile takes ~5 s once inductor's cache holds the step, ~50 s the first time on a 2-core host,
+# and saves ~0.6 ms a step at batch 4: the default 2 epochs (25,000 steps) gain from the second
+# job on; a short job would only wait for the compiler.
+COMPILE_MIN_STEPS = 20_000
+
+
+def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: TrainHooks,
+                   resume: Optional[Resume] = None, train_set: Optional[Split] = None,
+                   cpu_compile: str = "auto") -> Net:
+    torch.manual_seed(config.seed)
+    train_set = train_set or load_split(data_dir, train=True)
+    images = train_set.images.to(device)  # uint8 (N, 3, 32, 32), 150 MB for all of CIFAR-10
+    labels = train_set.labels.to(device)
+    n, batch_size = len(labels), config.batch_size
+
+    model = Net(config.width, num_classes=len(train_set.classes)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        optimizer.load_state_dict(resume.optimizer_state)
+        start_epoch = resume.epochs_done
+        hooks.log(f"resuming after epoch {start_epoch} from its checkpoint")
+    step_fn = TutorialStep(model, optimizer)  # updates model's parameters and optimizer's buffers in place
+    # Like the tutorial's DataLoader(shuffle=True, drop_last=False): the last batch may be short.
+    steps_per_epoch = math.ceil(n / batch_size)
+    # The full-batch step, captured (CUDA) or compiled (CPU); None: every step runs eagerly.
+    if device.type == "cuda":
+        full_batch_step = capture_step(step_fn, batch_size, device, hooks)
+    else:
+        full_batch_step = compile_step(step_fn, hooks, mode=cpu_compile,
+                                       steps=(config.epochs - start_epoch) * (n // batch_size))
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        # The order of epoch e depends on (seed, e) only: a resumed job sees the same batches.
+        order = torch.randperm(n, generator=epoch_generator(config.seed, epoch)).to(device)
+        loss_sum = torch.zeros((), device=device)  # summed on the device; read at log points only
+        logged_sum = 0.0
+        for step in range(steps_per_epoch):
+            if step % CHUNK_STEPS == 0:  # (3, k, 32, 32): channel-major, as the step takes it
+                chunk = order[step * batch_size:(step + CHUNK_STEPS) * batch_size]
+                inputs_chunk = normalize(images[chunk].transpose(0, 1).contiguous())
+                targets_chunk = labels[chunk]
+            first = (step % CHUNK_STEPS) * batch_size
+            inputs = inputs_chunk[:, first:first + batch_size]
+            targets = targets_chunk[first:first + batch_size]
+            if full_batch_step is not None and len(targets) == batch_size:
+                loss_sum += full_batch_step(inputs, targets)
+            else:
+                loss_sum += step_fn(inputs, targets)
+
+            window = None
+            if (step + 1) % config.log_every == 0:  # the tutorial prints every 2000 mini-batches
+                total = loss_sum.item()
+                window, logged_sum = (total - logged_sum) / config.log_every, total
+            report_step(hooks, epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
+
+        end_epoch(hooks, config, epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
+                  loss=loss_sum.item() / steps_per_epoch, seconds=time.perf_counter() - started, images=n,
+                  lr=config.lr, model=model, optimizer_state=optimizer.state_dict())
+    hooks.log("Finished Training")
+    return model
+
+
+def capture_step(step_fn: TutorialStep, batch_size: int, device: torch.device, hooks: TrainHooks):
+    """The full-batch step captured in a CUDA graph: one replay launches all its kernels.
+
+    Returns f(inputs, targets) -> the graph's static loss tensor (valid until the next replay;
+    the caller adds it to its sum right away), or None (the loop then runs eagerly) when capture
+    fails. Warm-up steps before the capture change the weights; they are put back afterwards.
+    """
+    snapshot = [t.detach().clone() for t in [*step_fn.params, *step_fn.buffers]]
+    try:
+        static_x = torch.zeros(3, batch_size, 32, 32, device=device)
+        static_y = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # cuBLAS handles and workspaces are made before capture
+            for _ in range(3):
+                step_fn(static_x, static_y)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = step_fn(static_x, static_y)
+        with torch.no_grad():
+            for t, saved in zip([*step_fn.params, *step_fn.buffers], snapshot):
+                t.copy_(saved)
+    except Exception as exc:  # a driver or op without graph support: correct, only slower
+        hooks.log(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running the step eagerly")
+        with torch.no_grad():
+            for t, saved in zip([*step_fn.params, *step_fn.buffers], snapshot):
+                t.copy_(saved)
+        return None
+
+    def replay(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        static_x.copy_(inputs)
+        static_y.copy_(targets)
+        graph.replay()
+        return static_loss
+
+    return replay
+
+
+class CompiledStep:
+    """The step through torch.compile, compiled at its first call; if that fails (no C++
+    compiler after all, an op inductor cannot lower), the step runs eagerly from then on."""
+
+    def __init__(self, step_fn: TutorialStep, hooks: TrainHooks):
+        import torch._inductor.config as inductor_config
+
+        # Compile in this process rather than in a pool of compiler processes: a job runs in a
+        # daemonic Celery pool process, and on a 2-core worker they would compete with it.
+        inductor_config.compile_threads = 1
+        self.eager, self.hooks = step_fn, hooks
+        self.compiled = torch.compile(step_fn.__call__, fullgraph=True, dynamic=False)
+        self.state = "new"
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.state == "ready":
+            return self.compiled(inputs, targets)
+        if self.state == "failed":
+            return self.eager(inputs, targets)
+        started = time.perf_counter()
+        try:
+            loss = self.compiled(inputs, targets)  # nothing is updated before the compile succeeds
+        except Exception as exc:  # noqa: BLE001 - correct either way, only slower
+            self.state = "failed"
+            self.hooks.log(f"compiling the step failed ({type(exc).__name__}: {first_line(exc, 200)}); "
+                           f"running it eagerly")
+            return self.eager(inputs, targets)
+        self.state = "ready"
+        self.hooks.log(f"step compiled in {time.perf_counter() - started:.1f} s")
+        return loss
+
+
+def compile_step(step_fn: TutorialStep, hooks: TrainHooks, *, mode: str, steps: int) -> Optional[CompiledStep]:
+    """The compiled CPU step, or None (eager) where compiling would not pay or cannot work."""
+    if mode == "never" or (mode == "auto" and steps < COMPILE_MIN_STEPS):
+        return None
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        hooks.log(f"no C++ compiler ({compiler}) for torch.compile on this worker; the step runs eagerly")
+        return None
+    return CompiledStep(step_fn, hooks)
