@@ -56,7 +56,7 @@ def worker(
 
 def beat(
     interval: Annotated[Optional[float], typer.Option(
-        help="Seconds between rounds. Default: CIFARQ_REAP_INTERVAL_SECONDS (15).", min=1)] = None,
+        help="Seconds between rounds. Default: CIFARQ_REAP_INTERVAL_SECONDS (5).", min=1)] = None,
 ) -> None:
     """Periodic work: re-queue jobs whose worker stopped sending heartbeats.
 

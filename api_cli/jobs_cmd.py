@@ -168,23 +168,31 @@ def list_(
 def logs(
     job_id: JobIdArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")] = False,
+    tail: Annotated[Optional[int], typer.Option(help="Only the last N lines (then new ones with --follow).",
+                                                min=0)] = None,
 ) -> None:
     """The training log of a job (the tutorial's loss lines, epochs, accuracy).
+
+    Read a page at a time, so a job that logged every step prints without holding its log in memory.
 
     Example: cifarq logs 3f2a9c1e --follow
     """
     from shared.db import session_scope
-    from shared.jobs import get_job, log_lines_after
+    from shared.jobs import LOG_PAGE, get_job, last_log_line_id, log_lines_after
 
-    after = 0
+    after = None
     while True:
         with session_scope() as session:
             job = get_job(session=session, job_id=job_id)
             final = job.status.is_final
+            if after is None:
+                after = 0 if tail is None else last_log_line_id(session=session, job_id=job.id, count=tail)
             lines = log_lines_after(session=session, job_id=job.id, after_id=after)
         for line in lines:
             typer.echo(line.line)
             after = line.id
+        if len(lines) == LOG_PAGE:
+            continue  # more already written: the next page at once
         if not follow or (final and not lines):
             return
         time.sleep(POLL_SECONDS)

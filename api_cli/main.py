@@ -106,6 +106,7 @@ COMMANDS = [
     ("list", jobs_cmd.list_),
     ("logs", jobs_cmd.logs),
     ("cancel", jobs_cmd.cancel),
+    ("prune", checkpoint_cmd.prune),
     ("report", report_cmd.report),
     ("compare", compare_cmd.compare),
     ("workers", monitor_cmd.workers),

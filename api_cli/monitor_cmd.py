@@ -25,7 +25,7 @@ def workers(
 ) -> None:
     """Live workers: host, device, GPU, the job each is running, and its last heartbeat.
 
-    A worker whose heartbeat is older than 30 s (three missed beats) is stale: hidden unless
+    A worker whose heartbeat is older than 8 s (four missed beats) is stale: hidden unless
     --all, and marked so. `cifarq run` counts the same workers as live.
 
     Example: cifarq workers --all --json

@@ -16,6 +16,7 @@ def report(
     job_id: JobIdArg,
     out: Annotated[Optional[Path], typer.Option(
         help="Directory for index.html and the PNGs. Default: $CIFARQ_ARTIFACTS_DIR/<job>/report.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a report already in --out.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Write a finished job's report as PNGs and one self-contained HTML page.
@@ -27,7 +28,7 @@ def report(
     """
     if importlib.util.find_spec("matplotlib") is None:
         raise CifarqError("reports need matplotlib: pip install 'cifarq[report]'")
-    from api_cli.report_render import render_report
+    from api_cli.report_render import REPORT_FILES, render_report
     from shared.db import session_scope
     from shared.results import load_report_data
     from shared.settings import get_settings
@@ -35,6 +36,10 @@ def report(
     settings = get_settings()
     with session_scope() as session:
         data = load_report_data(session=session, job_id=job_id)
+    if out is not None and not force:  # the default folder is cifarq's own: rewritten freely
+        taken = [name for name in REPORT_FILES if (out / name).exists() or (out / name).is_symlink()]
+        if taken:
+            raise CifarqError(f"{out} already holds {', '.join(taken)}; pass --force to overwrite")
     out = out or settings.artifacts / data.job["id"] / "report"
     if out.exists() and not out.is_dir():
         raise CifarqError(f"{out} exists and is not a directory")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -160,11 +162,26 @@ def render_report(data: ReportData, out_dir: Path, data_dir: Path) -> dict[str, 
     files = {}
     for name, png in pictures.items():
         path = out_dir / f"{name}.png"
-        path.write_bytes(png)
+        _replace(path, png)
         files[name] = str(path)
     page = out_dir / "index.html"
-    page.write_text(_html(data, pictures, notes), encoding="utf-8")
+    _replace(page, _html(data, pictures, notes).encode("utf-8"))
     return {"job_id": data.job["id"], "html": str(page), "images": files, "notes": notes}
+
+
+REPORT_FILES = ("index.html", "curves.png", "confusion.png", "per_class.png", "samples.png")
+
+
+def _replace(path: Path, content: bytes) -> None:
+    """Written beside and renamed over: a symlink at `path` is replaced, never followed out of
+    the folder, and a reader never sees half a file."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(content)
+    try:
+        os.replace(tmp.name, path)
+    except OSError:
+        os.unlink(tmp.name)
+        raise
 
 
 _TITLES = {"curves": "Loss and accuracy per epoch", "confusion": "Confusion matrix",

@@ -1,6 +1,8 @@
 """`cifarq submit train|evaluate`: validate, write the job row, then send the message."""
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -8,9 +10,13 @@ import typer
 
 from api_cli.options import DeviceOption, JsonOption, QueueOption
 from api_cli.output import print_json, say
-from shared.errors import CifarqError
+from shared.errors import CifarqError, shown
 from shared.recipes import DEFAULT_RECIPE, DEFAULT_SEED, RECIPE_DEFAULTS
 from shared.states import JobKind, JobStatus
+
+
+# Job.queue is 64 characters; Celery and Redis take any name, but a queue is typed on command lines.
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 
 
 def _default(name: str) -> str:
@@ -101,26 +107,30 @@ def parse_checkpoint_ref(ref: str) -> tuple[str, Optional[int]]:
         raise CifarqError(f"invalid --checkpoint {ref!r}: expected JOB or JOB:EPOCH")
     if not epoch:
         return job_id, None
-    if not epoch.isdigit():
+    if not (epoch.isascii() and epoch.isdigit()):  # "²".isdigit() is True, int("²") fails
         raise CifarqError(f"invalid --checkpoint {ref!r}: EPOCH must be a whole number")
     return job_id, int(epoch)
 
 
 def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[bytes] = None,
            sweep_id: Optional[str] = None) -> str:
-    """The job row is written (status queued) before the message is sent: a worker that takes the
-    message always finds its row, and a message that cannot be sent takes the row back."""
-    from shared.celery_app import queue_for_device, send_job
+    """The job row is written (status queued, owing its message) before the message is sent: a
+    worker that takes the message always finds its row; a message that cannot be sent takes the
+    row back; a submitter killed in between leaves the debt to a reaper (shared/jobs.py)."""
+    from shared.celery_app import STANDARD_QUEUES, queue_for_device, send_job
     from shared.db import session_scope
-    from shared.jobs import create_job, delete_job, store_uploaded_weights
+    from shared.jobs import create_job, delete_job, message_sent, store_uploaded_weights
     from shared.settings import get_settings, redact_url
 
     queue = queue or queue_for_device(config.device)
+    if not QUEUE_NAME.match(queue):
+        raise CifarqError(f"invalid --queue {shown(queue)}: up to 64 letters, digits and . _ - :, "
+                          "starting with a letter or digit")
     with session_scope() as session:
         job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue, sweep_id=sweep_id)
         if upload is not None:
             store_uploaded_weights(session=session, job_id=job.id, weights=upload)
-        job_id = job.id
+        job_id, lease = job.id, job.resend_after
     try:
         send_job(job_id, queue)
     except Exception as exc:
@@ -129,7 +139,27 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
             delete_job(session=session, job_id=job_id)
         broker = redact_url(get_settings().broker)
         raise CifarqError(f"broker unreachable at {broker}: {exc}; nothing was queued") from exc
+    try:
+        with session_scope() as session:
+            message_sent(session=session, job_id=job_id, lease=lease)
+    except Exception:  # the job is queued and its message sent; a reaper's second one is harmless
+        pass
+    if queue not in STANDARD_QUEUES:
+        _warn_if_no_worker_consumes(queue)
     return job_id
+
+
+@functools.cache  # once per queue and process: a sweep sends many jobs to one queue
+def _warn_if_no_worker_consumes(queue: str) -> None:
+    """A queue of the user's own naming that no live worker consumes would keep its jobs
+    queued forever without a word."""
+    from shared.db import session_scope
+    from shared.registry import live_workers
+
+    with session_scope() as session:
+        if not live_workers(session=session, queue=queue):
+            say(f"warning: no live worker consumes queue {queue!r}; the job waits until one does "
+                f"(cifarq worker --queues {queue})")
 
 
 def _report(job_id: str, json_output: bool) -> None:

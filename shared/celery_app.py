@@ -17,6 +17,7 @@ RUN_JOB_TASK = "cifarq.run_job"  # the one task (worker/tasks.py)
 DEFAULT_QUEUE = "default"  # device "auto": every worker consumes it
 GPU_QUEUE = "gpu"  # device "cuda[:N]": only workers that have CUDA
 CPU_QUEUE = "cpu"  # device "cpu": only workers without CUDA
+STANDARD_QUEUES = (DEFAULT_QUEUE, GPU_QUEUE, CPU_QUEUE)
 
 
 def queue_for_device(device: str) -> str:

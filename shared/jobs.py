@@ -8,22 +8,74 @@ Every function takes the caller's session (keyword-only) and leaves the transact
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
-from shared.clock import iso
-from shared.errors import CifarqError
-from shared.models import Checkpoint, Job, JobKind, JobStatus, LogLine
+from shared.clock import database_now, iso
+from shared.errors import CifarqError, shown
+from shared.models import Checkpoint, EpochMetric, Job, JobKind, JobStatus, LogLine, Result
+from shared.settings import get_settings
+
+
+# -- the message a queued job is owed
+#
+# A queued job whose message may be missing from the broker has `resend_after` set: a reaper
+# sends it at or after that time. Whoever sends it first takes the debt for a lease (one
+# conditional UPDATE moves `resend_after` to the lease's end, CIFARQ_SEND_LEASE_SECONDS away),
+# sends, and only then clears it, again conditionally. A sender that dies or loses the broker in
+# between leaves the debt standing; a reaper pays it when the lease runs out. So a job is never
+# left queued with no message, and a duplicate message is harmless: a delivery of a running or
+# final job does nothing.
+
+
+def _lease_end(session: Session) -> datetime:
+    return database_now(session) + timedelta(seconds=get_settings().send_lease_seconds)
 
 
 def create_job(*, session: Session, kind: JobKind, params: dict[str, Any], queue: str,
                sweep_id: Optional[str] = None) -> Job:
-    job = Job(kind=kind, status=JobStatus.queued, params=params, queue=queue, sweep_id=sweep_id)
+    """A queued job that owes its first message, leased to the submitter who sends it."""
+    job = Job(kind=kind, status=JobStatus.queued, params=params, queue=queue, sweep_id=sweep_id,
+              resend_after=_lease_end(session))
     session.add(job)
     session.flush()
     return job
+
+
+def owed_messages(*, session: Session, due_by: datetime) -> list[tuple[str, str, datetime]]:
+    """(job id, queue, owed since) of the queued jobs whose message is due by `due_by`."""
+    return [tuple(row) for row in session.execute(
+        select(Job.id, Job.queue, Job.resend_after)
+        .where(Job.status == JobStatus.queued, Job.resend_after <= due_by).order_by(Job.created_at))]
+
+
+def take_message_debt(*, session: Session, job_id: str, owed_since: datetime) -> Optional[datetime]:
+    """Lease the sending of a job's owed message; None if another sender or a claim came first."""
+    lease = _lease_end(session)
+    taken = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued,
+                                              Job.resend_after == owed_since)
+                            .values(resend_after=lease)).rowcount
+    return lease if taken else None
+
+
+def message_sent(*, session: Session, job_id: str, lease: datetime) -> None:
+    """The broker took the message: the debt is paid, unless the job came to owe one anew."""
+    session.execute(update(Job).where(Job.id == job_id, Job.resend_after == lease).values(resend_after=None))
+
+
+def owe_message(*, session: Session, job_id: str, lease: datetime) -> None:
+    """Sending failed: the job owes its message again now, not only when the lease runs out."""
+    session.execute(update(Job).where(Job.id == job_id, Job.resend_after == lease)
+                    .values(resend_after=database_now(session)))
+
+
+def owe_messages_of_all_queued(*, session: Session) -> int:
+    """The broker lost its messages: every queued job owes one."""
+    return session.execute(update(Job).where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
+                           .values(resend_after=database_now(session))).rowcount
 
 
 def delete_job(*, session: Session, job_id: str) -> None:
@@ -42,13 +94,13 @@ def get_job(*, session: Session, job_id: str) -> Job:
 def _one_by_prefix(*, session: Session, query: Select, prefix: str, noun: str) -> Any:
     """The one row `query` finds for an id prefix. Only letters and digits, 4 or more: a shorter
     prefix matches too much to be meant, and LIKE's wildcards never reach the query."""
-    if len(prefix) >= 4 and prefix.isalnum():
+    if 4 <= len(prefix) <= 64 and prefix.isalnum():
         matches = session.scalars(query.limit(2)).all()
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             raise CifarqError(f"{noun} id prefix {prefix!r} is ambiguous: give more characters")
-    raise CifarqError(f"no {noun} with id {prefix!r}")
+    raise CifarqError(f"no {noun} with id {shown(prefix)}")
 
 
 def list_jobs(
@@ -63,13 +115,21 @@ def list_jobs(
 
 
 def request_cancel(*, session: Session, job: Job) -> Job:
-    """A queued job is cancelled at once; a running one stops at its next safe point."""
-    if job.status.is_final:
+    """A queued job is cancelled at once; a running one stops at its next safe point.
+
+    Conditional writes, not the loaded object's state: a worker may claim the job between our
+    read and our write, and then only the flag may change (the worker stops on it and writes
+    the final status itself)."""
+    now = database_now(session)
+    cancelled = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, error="cancelled before it started",
+                finished_at=now, resend_after=None)).rowcount
+    flagged = cancelled or session.execute(
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)).rowcount
+    session.refresh(job)
+    if not flagged:
         raise CifarqError(f"job {job.id} is already {job.status.value}")
-    job.cancel_requested = True
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.cancelled
-        job.error = "cancelled before it started"
     return job
 
 
@@ -103,9 +163,19 @@ def job_to_dict(job: Job) -> dict[str, Any]:
 
 # -- log lines: what the job printed, in order
 
-def log_lines_after(*, session: Session, job_id: str, after_id: int = 0) -> list[LogLine]:
-    query = select(LogLine).where(LogLine.job_id == job_id, LogLine.id > after_id).order_by(LogLine.id)
+LOG_PAGE = 5000  # lines per query: `cifarq logs` of a --log-every 1 job never holds them all
+
+
+def log_lines_after(*, session: Session, job_id: str, after_id: int = 0, limit: int = LOG_PAGE) -> list[LogLine]:
+    query = select(LogLine).where(LogLine.job_id == job_id, LogLine.id > after_id).order_by(LogLine.id).limit(limit)
     return list(session.scalars(query))
+
+
+def last_log_line_id(*, session: Session, job_id: str, count: int) -> int:
+    """The id after which a job's last `count` lines begin (0: from the start)."""
+    ids = session.scalars(select(LogLine.id).where(LogLine.job_id == job_id)
+                          .order_by(LogLine.id.desc()).offset(count).limit(1)).all()
+    return ids[0] if ids else 0
 
 
 # -- checkpoints: one per finished epoch of a train job, or the state dict uploaded with an
@@ -148,6 +218,27 @@ def store_uploaded_weights(*, session: Session, job_id: str, weights: bytes) -> 
                             sha256=hashlib.sha256(weights).hexdigest(), config={"source": "upload"})
     session.add(checkpoint)
     return checkpoint
+
+
+def prunable_checkpoints(*, session: Session, job_id: str, keep_last: int) -> list[Checkpoint]:
+    """A job's epoch checkpoints beyond its last `keep_last`, except its best (the epoch with the
+    lowest training loss) and any that a result was computed from (weights not read)."""
+    epochs = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch > 0)
+                             .order_by(Checkpoint.epoch.desc())).all()
+    best = session.scalar(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id, EpochMetric.loss.is_not(None))
+                          .order_by(EpochMetric.loss, EpochMetric.epoch.desc()).limit(1))
+    older = [c for c in epochs[keep_last:] if c.epoch != best]
+    used = set(session.scalars(select(Result.checkpoint_id).where(Result.checkpoint_id.in_([c.id for c in older]))))
+    return [c for c in older if c.id not in used]
+
+
+def delete_checkpoints(*, session: Session, checkpoints: list[Checkpoint]) -> None:
+    session.execute(delete(Checkpoint).where(Checkpoint.id.in_([c.id for c in checkpoints])))
+
+
+def jobs_finished_before(*, session: Session, before: datetime) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status.in_([s for s in JobStatus if s.is_final]), Job.finished_at < before)
+                                .order_by(Job.finished_at)))
 
 
 def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:

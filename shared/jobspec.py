@@ -9,11 +9,13 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_serializer, model_validator)
 
 from shared.errors import CifarqError
-from shared.recipes import DEFAULT_RECIPE, DEFAULT_SEED, FAST_ONLY, RECIPE_DEFAULTS
+from shared.recipes import (DEFAULT_RECIPE, DEFAULT_SEED, FAST_ONLY, MAX_CHECKPOINT_BYTES, RECIPE_DEFAULTS,
+                            checkpoint_bytes, widest_that_fits)
 
 _TUTORIAL = RECIPE_DEFAULTS[DEFAULT_RECIPE]
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})$")
+# \Z, not $: "$" also matches before a trailing newline; [0-9], not \d: \d admits any script's digits.
+DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda|cuda:[0-9]{1,2})\Z")
 
 
 class _Config(BaseModel):
@@ -61,6 +63,17 @@ class TrainConfig(_Config):
     def _without_unused(self, handler):
         """A tutorial job's params read as before: the fast-only knobs are left out, not None."""
         return {k: v for k, v in handler(self).items() if not (k in FAST_ONLY and v is None)}
+
+    @field_validator("width")
+    @classmethod
+    def _checkpoint_fits_the_database(cls, value: int, info: ValidationInfo):
+        recipe = info.data.get("recipe", DEFAULT_RECIPE)
+        size = checkpoint_bytes(recipe, value)
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ValueError(f"a {recipe} net this wide has a {size / 2**30:.1f} GiB checkpoint, over the "
+                             f"{MAX_CHECKPOINT_BYTES // 2**20} MiB that cifarq stores (shared/recipes.py); "
+                             f"--width {widest_that_fits(recipe)} is the widest that fits")
+        return value
 
     @field_validator(*FAST_ONLY)
     @classmethod

@@ -64,8 +64,10 @@ class Job(Base):
     loss: Mapped[Optional[float]] = mapped_column(Float)
     test_accuracy: Mapped[Optional[float]] = mapped_column(Float)
     sweep_id: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # jobs queued together by a sweep
-    # A queued job whose message a reaper must send (again) from this time on: set when a stopping
-    # worker hands its job back, since its own consumer may still be taking messages.
+    # A queued job whose message may be missing from the broker: a reaper sends it from this time
+    # on, and it is cleared only once the broker took the message (shared/jobs.py, "the message
+    # a queued job is owed"). Set at submit, at a hand-back, a requeue, and when the broker lost
+    # its data.
     resend_after: Mapped[Optional[datetime]]
 
     epochs: Mapped[list["EpochMetric"]] = relationship(

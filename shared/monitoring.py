@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.clock import as_utc, iso, utcnow
+from shared.clock import as_utc, database_now, iso
 from shared.models import Job, JobStatus
 from shared.registry import all_workers, live_workers
 
@@ -19,7 +19,7 @@ from shared.registry import all_workers, live_workers
 def worker_overview(*, session: Session) -> list[dict[str, Any]]:
     """Every worker row, live or not, with the job it runs. `stale` is the opposite of
     shared.registry's live_workers, the test `cifarq run` uses to find a worker too."""
-    now = utcnow()
+    now = database_now(session)
     live = {record.name for record in live_workers(session=session)}
     running = {job.worker: job for job in session.scalars(select(Job).where(Job.status == JobStatus.running))}
     rows = []
@@ -39,7 +39,7 @@ def worker_overview(*, session: Session) -> list[dict[str, Any]]:
 
 def queue_overview(*, session: Session) -> list[dict[str, Any]]:
     """Per queue, by name: jobs queued, the oldest of them, and jobs running."""
-    now = utcnow()
+    now = database_now(session)
     counts = session.execute(select(Job.queue, Job.status, func.count()).where(
         Job.status.in_([JobStatus.queued, JobStatus.running])).group_by(Job.queue, Job.status)).all()
     rows: dict[str, dict[str, Any]] = {}

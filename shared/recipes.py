@@ -29,3 +29,35 @@ FAST_HYP: dict = dict(
     whiten_kernel=2,  # patch size of the whitening conv
     scale_out=1 / 9,  # the head's output scaling
 )
+
+
+# -- how big a job's checkpoint gets
+#
+# A checkpoint row holds the weights and, in a column of its own, the train state (the optimizer's
+# momentum, and the fast recipe's lookahead copy: up to two more copies of the weights).
+# PostgreSQL refuses a value over 1 GB and SQLite over 1e9 bytes, so the weights are held to
+# MAX_CHECKPOINT_BYTES and a job that would exceed it is refused at submit, not after an epoch.
+MAX_CHECKPOINT_BYTES = 400 * 2**20
+
+
+def parameter_count(recipe: str, width: int, num_classes: int = 10) -> int:
+    """Numbers in the network's state dict (weights and buffers) for `recipe` at `width`:
+    worker/model.py's Net and FastNet, counted without torch (tests/test_recipes.py checks)."""
+    if recipe == "tutorial":
+        return (width * 3 * 25 + width) + (16 * width * 25 + 16) + (120 * 400 + 120) + (84 * 120 + 84) \
+            + (num_classes * 84 + num_classes)
+    whiten = 2 * 3 * FAST_HYP["whiten_kernel"] ** 2
+
+    def group(c_in: int, c_out: int) -> int:  # two 3x3 convs, two BatchNorms (4 tensors + a counter each)
+        return c_out * c_in * 9 + c_out * c_out * 9 + 2 * (4 * c_out + 1)
+
+    return (whiten * 3 * FAST_HYP["whiten_kernel"] ** 2 + whiten) + group(whiten, width) \
+        + group(width, 4 * width) + group(4 * width, 4 * width) + 4 * width * num_classes + 2 * 3
+
+
+def checkpoint_bytes(recipe: str, width: int) -> int:
+    return 4 * parameter_count(recipe, width)  # float32
+
+
+def widest_that_fits(recipe: str) -> int:
+    return max(w for w in range(1, 1025) if checkpoint_bytes(recipe, w) <= MAX_CHECKPOINT_BYTES)

@@ -1,8 +1,11 @@
 """The `workers` table: each launcher's row, for `cifarq workers` and for `cifarq run`.
 
 A launcher registers at start, refreshes heartbeat_at every few seconds and deletes its row
-on a clean exit. A row whose heartbeat is old belongs to a worker killed hard. Callers own
-their sessions (shared.db.session_scope).
+on a clean exit. A row whose heartbeat is old belongs to a worker killed hard: the reaper
+re-queues its job as soon as the job's own heartbeat is that old too (shared/reaper.py), well
+before the job's stale threshold. The launcher is a small process of its own, so a job whose
+process pauses (a long compile holding the GIL, a debugger) keeps its worker's row fresh.
+Callers own their sessions (shared.db.session_scope).
 """
 from __future__ import annotations
 
@@ -12,16 +15,17 @@ from typing import Optional
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import WorkerRecord, utcnow
+from shared.clock import database_now
+from shared.models import WorkerRecord
 
-HEARTBEAT_SECONDS = 10.0
-# A worker counts as alive while its heartbeat is younger than this (three missed beats).
-ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
+HEARTBEAT_SECONDS = 2.0
+# A worker counts as alive while its heartbeat is younger than this (four missed beats).
+ALIVE_SECONDS = 4 * HEARTBEAT_SECONDS
 
 
 def register_worker(*, session: Session, name: str, host: str, queues: list[str], device: str,
                     gpu_index: Optional[int], gpu_name: Optional[str], pid: int) -> WorkerRecord:
-    now = utcnow()
+    now = database_now(session)
     record = WorkerRecord(name=name, host=host, queues=",".join(queues), device=device, gpu_index=gpu_index,
                           gpu_name=gpu_name, pid=pid, started_at=now, heartbeat_at=now)
     # merge: a row left by a worker killed hard under the same name is taken over.
@@ -31,7 +35,7 @@ def register_worker(*, session: Session, name: str, host: str, queues: list[str]
 def touch_worker(*, session: Session, name: str) -> bool:
     """Refresh the heartbeat; False when the row is gone (someone pruned it)."""
     return bool(session.execute(
-        update(WorkerRecord).where(WorkerRecord.name == name).values(heartbeat_at=utcnow())).rowcount)
+        update(WorkerRecord).where(WorkerRecord.name == name).values(heartbeat_at=database_now(session))).rowcount)
 
 
 def remove_worker(*, session: Session, name: str) -> None:
@@ -45,7 +49,7 @@ def all_workers(*, session: Session) -> list[WorkerRecord]:
 
 def live_workers(*, session: Session, queue: Optional[str] = None) -> list[WorkerRecord]:
     """Workers whose heartbeat is recent, optionally only those that consume `queue`."""
-    since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
+    since = database_now(session) - timedelta(seconds=ALIVE_SECONDS)
     rows = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= since)
                            .order_by(WorkerRecord.name)).all()
     return [row for row in rows if queue is None or queue in row.queues.split(",")]

@@ -26,6 +26,15 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _database_url(raw: str) -> str:
+    # SQLAlchemy ends the password at its first "@" and takes the rest for the host name, which
+    # the driver's own error message would then print: refuse the URL instead.
+    netloc = raw.partition("://")[2].split("/", 1)[0]
+    if netloc.count("@") > 1:
+        raise ValueError
+    return raw
+
+
 def _positive_seconds(raw: str) -> float:
     value = float(raw)
     if not math.isfinite(value) or value <= 0:
@@ -62,6 +71,7 @@ def _one_of(*choices: str):
 _path.expected = _text.expected = "a path"
 _positive_seconds.expected = "a positive number of seconds"
 _json_object.expected = "a JSON object"
+_database_url.expected = 'a database URL (write a "@" in the password as %40)'
 
 
 def _setting(default, parse):
@@ -74,7 +84,7 @@ class Settings:
     # A plain dataclass, not pydantic-settings: `cifarq status` must start in well under 0.5 s,
     # and pydantic-settings alone costs a tenth of that.
     home: Path = _setting(Path("~/.cifarq"), _path)  # root of the embedded defaults
-    database_url: Optional[str] = _setting(None, _text)  # default: sqlite:///<home>/cifarq.db
+    database_url: Optional[str] = _setting(None, _database_url)  # default: sqlite:///<home>/cifarq.db
     broker_url: Optional[str] = _setting(None, _text)  # default: filesystem broker under <home>/broker
     data_dir: Optional[Path] = _setting(None, _path)  # default: <home>/data
     artifacts_dir: Optional[Path] = _setting(None, _path)  # default: <home>/artifacts
@@ -82,8 +92,16 @@ class Settings:
     heartbeat_seconds: float = _setting(5.0, _positive_seconds)
     # A running job whose heartbeat is older than this has lost its worker.
     stale_after_seconds: float = _setting(60.0, _positive_seconds)
+    # Epoch checkpoints a train job keeps as it goes: its last N, its best (lowest loss) and any a
+    # result was computed from; 0 keeps every epoch's. `cifarq prune` thins finished jobs later.
+    keep_checkpoints: int = _setting(0, _whole_number_from(0))
     max_attempts: int = _setting(3, _whole_number_from(1))  # deliveries a job may use before it ends failed
-    reap_interval_seconds: float = _setting(15.0, _positive_seconds)  # launchers' and `cifarq beat`'s rounds
+    # Launchers' and `cifarq beat`'s rounds: a worker killed hard is noticed within
+    # shared.registry.ALIVE_SECONDS (8) plus this.
+    reap_interval_seconds: float = _setting(5.0, _positive_seconds)
+    # A job's message not yet known to be in the broker is sent by a reaper after this long
+    # (shared/jobs.py, "the message a queued job is owed").
+    send_lease_seconds: float = _setting(30.0, _positive_seconds)
     db_retry_seconds: float = _setting(300.0, _positive_seconds)  # a worker's retries while the database is away
     # Redis re-delivers an unacknowledged message after this long (celery#5935): it must be
     # longer than any job, or a long job would be started twice.
@@ -112,7 +130,8 @@ class Settings:
             try:
                 values[field.name] = parse(raw)
             except ValueError:  # json.JSONDecodeError is one too
-                raise CifarqError(f"invalid {name} {raw!r}: expected {parse.expected}") from None
+                shown = redact_url(raw) if name.endswith("_URL") else raw
+                raise CifarqError(f"invalid {name} {shown!r}: expected {parse.expected}") from None
         return cls(**values)
 
     @property
@@ -145,11 +164,38 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+# Query parameters that carry a secret in the URLs cifarq is given (libpq's password=,
+# redis-py's password=, kombu's transport options, tokens).
+_SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, fit for an error message."""
-    from sqlalchemy.engine import make_url
+    """The URL with every password replaced by ***, fit for an error message.
+
+    Neither consumer's own masking is enough: SQLAlchemy's render_as_string(hide_password=True)
+    ends the password at its first raw "@" (the rest shows as the host), and kombu's
+    sanitize_url fails on a failover list ("sentinel://:a@h1;sentinel://:b@h2") and leaves
+    ?password= alone. So each URL of a ;-separated list is split with urllib: the user info ends
+    at the netloc's last "@", and secret query parameters are masked too."""
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that could not be parsed>"
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(key, "***" if any(s in key.lower() for s in _SECRET_KEYS) else value)
+                           for key, value in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: urlunsplit would rewrite "sqlite:////abs/path"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

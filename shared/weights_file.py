@@ -17,6 +17,7 @@ from pathlib import Path
 from shared.errors import CifarqError
 
 MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+CIFAR10_CLASSES = 10
 _TENSOR_REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter")}
 _STORAGES = {"FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "UntypedStorage"}
 
@@ -82,7 +83,10 @@ def check_fits_net(shapes: dict[str, tuple[int, ...]], *, name: str) -> None:
     conv1 = shapes.get("conv1.weight")
     fc3 = shapes.get("fc3.weight")
     width = conv1[0] if conv1 and len(conv1) == 4 else 6
-    expected = expected_shapes(width, fc3[0] if fc3 and len(fc3) == 2 else 10)
+    if fc3 and len(fc3) == 2 and fc3[0] != CIFAR10_CLASSES:  # evaluated on CIFAR-10's test set
+        raise CifarqError(f"weights file {name} has {fc3[0]} output classes (fc3.weight is {list(fc3)}); "
+                          f"CIFAR-10 has {CIFAR10_CLASSES}")
+    expected = expected_shapes(width, CIFAR10_CLASSES)
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
     wrong = [f"{k} is {list(shapes[k])}, expected {list(v)}" for k, v in expected.items()
@@ -95,12 +99,15 @@ def check_fits_net(shapes: dict[str, tuple[int, ...]], *, name: str) -> None:
 
 def read_weights_file(path: Path) -> bytes:
     """The file's bytes, once it is known to be a state dict of the tutorial's Net."""
-    if not path.is_file():
-        raise CifarqError(f"weights file {path} does not exist")
-    size = path.stat().st_size
-    if size == 0 or size > MAX_WEIGHTS_BYTES:
-        raise CifarqError(f"weights file {path} is {size} bytes: not a state dict of the tutorial's Net")
-    data = path.read_bytes()
+    try:
+        if not path.is_file():
+            raise CifarqError(f"weights file {path} does not exist")
+        size = path.stat().st_size
+        if size == 0 or size > MAX_WEIGHTS_BYTES:
+            raise CifarqError(f"weights file {path} is {size} bytes: not a state dict of the tutorial's Net")
+        data = path.read_bytes()
+    except OSError as exc:  # a name too long, a file we may not read
+        raise CifarqError(f"weights file {path}: {exc.strerror}") from None
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise CifarqError(f"weights file {path} is not a file written by torch.save (not a zip archive)")
     check_fits_net(read_state_dict_shapes(data, name=str(path)), name=str(path))

@@ -203,3 +203,36 @@ def sqlite_env(tmp_path, small_cifar):
     env, _ = make_env("sqlite", tmp_path / "home", small_cifar)
     yield env
     env.stop_workers()
+
+
+@pytest.fixture(params=BACKENDS)
+def env(request, tmp_path, small_cifar):
+    """A fresh installation on each backend with no worker yet (a module may define its own)."""
+    env, cleanup = make_env(request.param, tmp_path / "home", small_cifar)
+    yield env
+    env.stop_workers()
+    cleanup()
+
+
+@pytest.fixture
+def database(env, monkeypatch):
+    """This process's own sessions on `env`'s database, for the tests that interleave or repeat
+    writes themselves (`env` is the requesting module's fixture)."""
+    from shared import db, settings
+
+    for name, value in env.vars.items():
+        if name.startswith("CIFARQ_"):
+            monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith("CIFARQ_") and n not in env.vars]:
+        monkeypatch.delenv(name)
+
+    def forget_engine():
+        if db.get_engine.cache_info().currsize:
+            db.get_engine().dispose()
+        db.get_engine.cache_clear()
+        db._sessionmaker.cache_clear()
+        settings.get_settings.cache_clear()
+
+    forget_engine()
+    yield db
+    forget_engine()

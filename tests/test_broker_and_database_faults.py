@@ -151,3 +151,41 @@ def test_database_away_for_a_while_the_job_carries_on(tmp_path, medium_cifar):
         env.stop_workers()
         proxy.cut()
         drop_postgres_database(database)
+
+
+@pytest.mark.parametrize("stale_after,outage", [(5, 12), (None, 90)], ids=["fast-settings", "defaults-90s"])
+def test_database_away_longer_than_the_stale_threshold_requeues_no_live_job(tmp_path, medium_cifar,
+                                                                             stale_after, outage):
+    """When the database comes back, every heartbeat looks old: the reaper gives the workers one
+    stale interval to write again before it judges anyone, and the log lines written meanwhile
+    are kept for the next heartbeat. Once with fast settings (an outage of twice the threshold),
+    once at the shipped defaults (60 s threshold, 5 s reaper rounds, 5 s heartbeats) and 90 s."""
+    proxy = CuttableProxy()
+    database = make_postgres_database()
+    env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
+    env.vars.update(CIFARQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}")
+    if stale_after:
+        env.vars.update(CIFARQ_STALE_AFTER_SECONDS=str(stale_after), CIFARQ_REAP_INTERVAL_SECONDS="1")
+    else:
+        env.vars.pop("CIFARQ_HEARTBEAT_SECONDS")
+    direct = {"CIFARQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"}
+    try:
+        env.cli("db", "upgrade")
+        env.start_worker()
+        job_id = env.submit_train("--epochs", "4", "--lr", "0.01", "--log-every", "50")
+        env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["step"] > 50, what="training")
+        proxy.cut()
+        time.sleep(outage)  # longer than the stale threshold without a single heartbeat
+        proxy.restore()
+        assert env.cli("wait", job_id, "--timeout", "300", extra_env=direct).returncode == 0
+        status = env.cli_json("status", job_id)
+        assert status["status"] == "succeeded" and status["attempts"] == 1, status
+        steps_per_epoch = status["progress"]["steps_per_epoch"]
+        log = env.cli("logs", job_id).stdout
+        printed = [line for line in log.splitlines() if line.startswith("[") and "loss:" in line]
+        assert len(printed) == 4 * (steps_per_epoch // 50), "log lines were lost while the database was away"
+        assert "reaper round failed" in env.workers[0].log_path.read_text()
+    finally:
+        env.stop_workers()
+        proxy.cut()
+        drop_postgres_database(database)

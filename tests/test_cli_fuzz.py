@@ -34,12 +34,24 @@ def runner_env(tmp_path_factory):
     for key in ("CIFARQ_DATABASE_URL", "CIFARQ_BROKER_URL", "CIFARQ_DEBUG"):
         mp.delenv(key, raising=False)
     mp.setenv("CIFARQ_HOME", str(home))
+    forget_this_process_s_installation()
+    yield home
+    forget_this_process_s_installation()
+    mp.undo()
+
+
+def forget_this_process_s_installation():
+    """Settings, engine and Celery app are made once per process: an earlier test in this
+    process (one that imports worker.tasks, say) must not leave its broker or database here."""
+    from shared import celery_app, db
     from shared.settings import get_settings
 
     get_settings.cache_clear()
-    yield home
-    get_settings.cache_clear()
-    mp.undo()
+    celery_app.get_app.cache_clear()
+    if db.get_engine.cache_info().currsize:
+        db.get_engine().dispose()
+    db.get_engine.cache_clear()
+    db._sessionmaker.cache_clear()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -87,6 +87,12 @@ def test_train_then_evaluate_its_checkpoint(backend_env, tmp_path):
     # Export loads into the tutorial's own Net with plain PyTorch, and evaluates the same via --weights.
     exported = tmp_path / "cifar_net.pth"
     env.cli("checkpoint", "export", f"{job_id}:8", str(exported))
+    # Onto a directory, even with --force: one line, and nothing left behind in it.
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    refused = env.cli("checkpoint", "export", f"{job_id}:8", str(folder), "--force", check=False)
+    assert refused.returncode == 1 and refused.stderr == f"error: {folder} is a directory; give the path of the .pt file to write\n"
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     net = TutorialNet()
     net.load_state_dict(torch.load(exported, weights_only=True))
     from_file = env.cli_json("submit", "evaluate", "--weights", str(exported))["id"]
@@ -113,3 +119,23 @@ def test_cuda_job_waits_for_a_gpu_worker_and_can_be_cancelled(backend_env):
     assert env.cli("wait", job_id, "--timeout", "5", check=False).returncode == 1
     again = env.cli("cancel", job_id, check=False)
     assert again.returncode == 1 and again.stderr == f"error: job {job_id} is already cancelled\n"
+
+
+def test_a_cuda_job_that_reaches_a_cpu_worker_is_handed_back_not_failed(tmp_path, small_cifar):
+    # A worker told to consume the gpu queue on a host without CUDA (a --queues typo, a GPU
+    # that went away): the job is not its fault and must not end failed.
+    from tests.conftest import make_env
+
+    env, cleanup = make_env("sqlite", tmp_path / "home", small_cifar)
+    try:
+        worker = env.start_worker("--queues", "default,cpu,gpu")
+        job_id = env.submit_train("--epochs", "1", "--device", "cuda")
+        status = env.wait_for(job_id, lambda s: "handed back" in (s["error"] or ""), timeout=60, what="handed back")
+        assert status["status"] == "queued" and status["attempts"] == 0
+        assert status["error"] == "device cuda asked for, but this worker has no CUDA device; handed back to queue gpu"
+        assert "handed back to the queue" in worker.log_path.read_text()
+        env.cli("cancel", job_id)
+        assert env.cli_json("status", job_id)["status"] == "cancelled"
+    finally:
+        env.stop_workers()
+        cleanup()

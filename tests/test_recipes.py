@@ -37,3 +37,17 @@ def test_the_readme_table_shows_the_recipes_values():
         assert table[flag(name)] == str(fast[name]), flag(name)
     shown = re.search(r"with its own defaults: `([^`]+)`", README).group(1)
     assert shown == " ".join(f"{flag(name)} {value}" for name, value in fast.items() if name not in FAST_ONLY)
+
+
+def test_the_checkpoint_size_bound_counts_the_real_networks():
+    torch = __import__("torch")
+    from shared.recipes import MAX_CHECKPOINT_BYTES, checkpoint_bytes, parameter_count, widest_that_fits
+    from worker.model import FastNet, Net
+
+    for recipe, network in (("tutorial", Net), ("fast", FastNet)):
+        for width in (1, 6, 64, 100):
+            numbers = sum(t.numel() for t in network(width).state_dict().values() if isinstance(t, torch.Tensor))
+            assert parameter_count(recipe, width) == numbers, (recipe, width)
+    assert widest_that_fits("tutorial") == 1024  # the flag's own limit
+    widest = widest_that_fits("fast")
+    assert checkpoint_bytes("fast", widest) <= MAX_CHECKPOINT_BYTES < checkpoint_bytes("fast", widest + 1)

@@ -87,7 +87,19 @@ def test_report_writes_real_pngs_and_a_self_contained_page(backend_env, trained,
     assert foreign["notes"] == [(f"No image grid: the test set under {other} is not the one the job was evaluated "
                                  "on (labels differ).")]
 
-    # The default place is the artifacts directory; a job without results is an error.
+    # A report already there is kept without --force; a planted symlink is replaced, never followed.
+    again = env.cli("report", first, "--out", str(out), check=False)
+    assert again.returncode == 1 and again.stderr.startswith(f"error: {out} already holds index.html, curves.png")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not cifarq's")
+    (out / "index.html").unlink()
+    (out / "index.html").symlink_to(outside)
+    env.cli("report", first, "--out", str(out), "--force")
+    assert outside.read_text() == "not cifarq's" and not (out / "index.html").is_symlink()
+    assert "<html" in (out / "index.html").read_text()
+
+    # The default place is the artifacts directory (rewritten freely); a job without results is an error.
+    env.cli("report", first)
     default = env.cli("report", first).stdout.strip()
     assert default == str(env.home / "artifacts" / first / "report" / "index.html") and Path(default).is_file()
     queued = env.submit_train("--epochs", "1", "--device", "cuda")

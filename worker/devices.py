@@ -6,6 +6,11 @@ import torch
 from shared.errors import CifarqError
 
 
+class DeviceUnavailable(CifarqError):
+    """The job asks for a device this worker does not have: another worker may (worker/run.py
+    hands the job back rather than failing it)."""
+
+
 def resolve_device(requested: str) -> torch.device:
     """auto: CUDA when this worker has it, else the CPU. cuda[:N] on a worker without it is an error."""
     if requested == "auto":
@@ -13,9 +18,9 @@ def resolve_device(requested: str) -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise CifarqError(f"device {requested} asked for, but this worker has no CUDA device")
+            raise DeviceUnavailable(f"device {requested} asked for, but this worker has no CUDA device")
         if (device.index or 0) >= torch.cuda.device_count():
-            raise CifarqError(f"device {requested} asked for, but this worker sees "
+            raise DeviceUnavailable(f"device {requested} asked for, but this worker sees "
                               f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 

@@ -39,6 +39,9 @@ def _die_with_parent() -> None:
 # A GPU job gets a fresh process, so a fresh CUDA context whose memory all goes back to the
 # driver. On the CPU that buys nothing and costs about a second per job (billiard waits 1 s
 # before a finished child exits), so CPU workers recycle their process every 100 jobs only.
+# The container's healthcheck file stays valid this long after the last registry write: a
+# database away for a moment does not make Docker restart the worker (docs/deployment.md).
+LIVENESS_SECONDS = 30.0
 TASKS_PER_CHILD = {"cuda": 1, "cpu": 100}
 
 
@@ -69,7 +72,7 @@ def _heartbeat(stop: threading.Event, record: dict) -> None:
             with session_scope() as session:
                 if not registry.touch_worker(session=session, name=record["name"]):
                     registry.register_worker(session=session, **record)
-            mark_alive(get_settings().liveness_file, valid_for=registry.ALIVE_SECONDS)
+            mark_alive(get_settings().liveness_file, valid_for=LIVENESS_SECONDS)
         except Exception as exc:  # database away for a moment: try again next beat
             log.warning("worker heartbeat failed: %s", exc)
 
@@ -108,7 +111,7 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
                       gpu_index=leased.index if leased else None, gpu_name=leased.name if leased else None, pid=pid)
         with session_scope() as session:
             registry.register_worker(session=session, **record)
-        mark_alive(get_settings().liveness_file, valid_for=registry.ALIVE_SECONDS)
+        mark_alive(get_settings().liveness_file, valid_for=LIVENESS_SECONDS)
         # The child first: preexec_fn is only safe while this process has no other thread.
         env["CIFARQ_WORKER_DEVICE"] = record["device"]  # worker/tasks.py: no CUDA-touching warm-up on a GPU worker
         # torch.compile's cache beside the worker's other state (CPU jobs compile their step,

@@ -11,7 +11,8 @@ from typing import Optional
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.clock import as_utc, utcnow
+from shared.clock import as_utc, database_now, utcnow
+from shared.jobs import delete_checkpoints, prunable_checkpoints
 from shared.metrics import accuracy, correct_and_total
 from shared.models import Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result
 
@@ -36,7 +37,7 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
     job = session.get(Job, job_id)
     if job is None or job.status.is_final:
         return None
-    now = utcnow()
+    now = database_now(session)
     stale = now - timedelta(seconds=stale_after)
     if job.status == JobStatus.running and job.heartbeat_at and as_utc(job.heartbeat_at) > stale:
         return None
@@ -73,7 +74,7 @@ def _owned(session: Session, claim: Claim, **values) -> None:
 
 def heartbeat(*, session: Session, claim: Claim, **progress) -> bool:
     """Write progress and the heartbeat; returns whether a cancel was requested."""
-    _owned(session, claim, heartbeat_at=utcnow(), **progress)
+    _owned(session, claim, heartbeat_at=database_now(session), **progress)
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id)))
 
 
@@ -82,13 +83,24 @@ def add_log_lines(*, session: Session, job_id: str, lines: list[str]) -> None:
 
 
 def record_epoch(*, session: Session, claim: Claim, epoch: int, loss: float, seconds: float,
-                 images_per_second: float, weights: bytes, train_state: bytes, config: dict) -> None:
-    _owned(session, claim, heartbeat_at=utcnow(), epoch=epoch, loss=loss)
+                 images_per_second: float, weights: bytes, train_state: bytes, config: dict,
+                 keep_checkpoints: int = 0) -> None:
+    """The epoch's metrics and checkpoint in one transaction; then, with `keep_checkpoints` > 0,
+    the older checkpoints that the retention policy lets go (shared/jobs.py)."""
+    _owned(session, claim, heartbeat_at=database_now(session), epoch=epoch, loss=loss)
+    written = session.scalar(select(Checkpoint.sha256).where(Checkpoint.job_id == claim.job_id,
+                                                             Checkpoint.epoch == epoch))
+    if written is not None and written == sha256(weights):
+        return  # a retry of this very write, whose commit went through but whose reply was lost
     session.add(EpochMetric(job_id=claim.job_id, epoch=epoch, loss=loss, seconds=seconds,
                             images_per_second=images_per_second))
     session.add(Checkpoint(job_id=claim.job_id, epoch=epoch, weights=weights, sha256=sha256(weights),
                            size=len(weights), train_state=train_state, train_state_sha256=sha256(train_state),
                            config=config))
+    if keep_checkpoints:
+        session.flush()
+        delete_checkpoints(session=session, checkpoints=prunable_checkpoints(
+            session=session, job_id=claim.job_id, keep_last=keep_checkpoints))
 
 
 def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int]], classes: tuple[str, ...],
@@ -114,10 +126,12 @@ def finish(*, session: Session, claim: Claim, status: JobStatus, error: Optional
     _owned(session, claim, status=status, error=error, finished_at=utcnow(), attempt_token=None)
 
 
-def hand_back(*, session: Session, claim: Claim, reason: str) -> None:
-    """Give a running job back to the queue (the worker is stopping); its attempt is not counted."""
+def hand_back(*, session: Session, claim: Claim, reason: str, resend_in: float = 0.0) -> None:
+    """Give a running job back to the queue (the worker is stopping, or lacks the job's device);
+    its attempt is not counted, and a reaper sends it again in `resend_in` seconds."""
     _owned(session, claim, status=JobStatus.queued, attempt_token=None, heartbeat_at=None,
-           attempts=Job.attempts - 1, error=reason, resend_after=utcnow())
+           attempts=Job.attempts - 1, error=reason,
+           resend_after=database_now(session) + timedelta(seconds=resend_in))
 
 
 def sha256(data: bytes) -> str:

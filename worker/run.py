@@ -26,7 +26,7 @@ from shared.settings import get_settings
 from worker import records
 from worker.checkpoints import load_resume, load_weights_for_evaluation
 from worker.data import load_split
-from worker.devices import describe, resolve_device
+from worker.devices import DeviceUnavailable, describe, resolve_device
 from worker.evaluate import evaluate
 from worker.tensorboard import TensorBoardLog
 from worker.loop import StopRequested
@@ -92,7 +92,8 @@ class JobRun:
             with session_scope() as session:
                 records.record_epoch(session=session, claim=self.claim, epoch=epoch, loss=loss, seconds=seconds,
                                      images_per_second=images_per_second, weights=weights,
-                                     train_state=train_state, config=self.config)
+                                     train_state=train_state, config=self.config,
+                                     keep_checkpoints=get_settings().keep_checkpoints)
 
         # The safe point: training waits here (with backoff) while the database is away.
         retry_while_unreachable(write, what=f"checkpoint of job {self.claim.job_id}")
@@ -108,9 +109,14 @@ class JobRun:
     def flush(self) -> None:
         lines = self.take_lines()
         progress = dict(self._progress)
-        with session_scope() as session:
-            cancel = records.heartbeat(session=session, claim=self.claim, **progress)
-            records.add_log_lines(session=session, job_id=self.claim.job_id, lines=lines)
+        try:
+            with session_scope() as session:
+                cancel = records.heartbeat(session=session, claim=self.claim, **progress)
+                records.add_log_lines(session=session, job_id=self.claim.job_id, lines=lines)
+        except Exception:
+            with self._lock:  # not written: they go first in the next heartbeat
+                self._lines[:0] = lines
+            raise
         if cancel:
             self._stop.set()
 
@@ -125,6 +131,9 @@ class JobRun:
             except Exception as exc:  # the database may be away for a while: keep training, retry
                 log.warning("heartbeat of job %s failed, will retry: %s", self.claim.job_id, exc)
 
+# A job handed back for want of its device is sent again after this long (shared/reaper.py).
+WRONG_DEVICE_RESEND_SECONDS = 30.0
+
 
 def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[JobStatus]:
     """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing."""
@@ -136,7 +145,7 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
             claim = records.claim_job(session=session, job_id=job_id, worker=worker_name,
                                       stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts)
             job = session.get(Job, job_id)
-            kind, params = (job.kind, job.params) if job else (None, None)
+            kind, params, queue = (job.kind, job.params, job.queue) if job else (None, None, None)
     except (OperationalError, InterfaceError) as exc:
         raise NotClaimed(job_id) from exc
     if claim is None:
@@ -154,6 +163,12 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
             status = JobStatus.succeeded
     except StopRequested as exc:
         status, error = JobStatus.cancelled, f"cancelled: {exc}"
+    except DeviceUnavailable as exc:
+        # Sent to a queue that a worker without the device consumes too: not the job's fault.
+        # Back to the queue, re-sent after a pause (a worker that has the device takes it then),
+        # so that two such workers do not pass it back and forth in a tight loop.
+        _hand_back(run, f"{exc}; handed back to queue {queue}", resend_in=WRONG_DEVICE_RESEND_SECONDS)
+        return None
     except records.LeaseLost:
         run.lease_lost = True
     except CifarqError as exc:
@@ -186,14 +201,14 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
     return status
 
 
-def _hand_back(run: JobRun, reason: str) -> None:
+def _hand_back(run: JobRun, reason: str, resend_in: float = 0.0) -> None:
     """The worker is stopping: the job goes back to queued (its last checkpoint kept) and a
     reaper elsewhere sends it again (not this worker: its consumer may still take messages),
     so another worker resumes it. This attempt does not count against the limit."""
     def write() -> None:
         with session_scope() as session:
             records.add_log_lines(session=session, job_id=run.claim.job_id, lines=run.take_lines() + [reason])
-            records.hand_back(session=session, claim=run.claim, reason=reason)
+            records.hand_back(session=session, claim=run.claim, reason=reason, resend_in=resend_in)
 
     try:
         retry_while_unreachable(write, what=f"hand-back of job {run.claim.job_id}")
