@@ -92,6 +92,16 @@ class Env:
                 raise AssertionError(f"job {job_id}: timed out waiting for {what}; last status {status}")
             time.sleep(0.3)
 
+    def wait_until_training(self, job_id: str, steps: int = 1, timeout: float = 120) -> dict:
+        """Until the job runs and has taken `steps` optimizer steps in all (the CLI is polled, about
+        one call a second under load: give the job enough epochs to be caught running)."""
+        def trained(s: dict) -> bool:
+            progress = s.get("progress") or {}
+            done = progress.get("epoch", 0) * progress.get("steps_per_epoch", 0) + progress.get("step", 0)
+            assert s["status"] in ("queued", "running"), f"job {job_id} ended before the test caught it: {s}"
+            return s["status"] == "running" and done >= steps
+        return self.wait_for(job_id, trained, timeout=timeout, what=f"{steps} steps of training")
+
     def stop_workers(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:
@@ -132,7 +142,8 @@ def _base_env(home: Path, data_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def medium_cifar(tmp_path_factory) -> Path:
-    """2,000 training images: an epoch takes about a second, long enough to interrupt."""
+    """2,000 training images: an epoch takes half a second to a second; give a job to be interrupted
+    10 epochs or more, or a test that polls the CLI (about a second a call under load) can miss it."""
     return write_cifar10(tmp_path_factory.mktemp("cifar-medium"), train_per_batch=400, test=200, signal=0.4)
 
 

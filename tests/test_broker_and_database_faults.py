@@ -132,8 +132,9 @@ def test_database_away_for_a_while_the_job_carries_on(tmp_path, medium_cifar):
     try:
         env.cli("db", "upgrade")
         env.start_worker()
-        job_id = env.submit_train("--epochs", "3", "--lr", "0.01", "--log-every", "100")
-        env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["step"] > 50, what="training")
+        # 20 epochs of about half a second: long enough to be caught running under load
+        job_id = env.submit_train("--epochs", "20", "--lr", "0.01", "--log-every", "100")
+        env.wait_until_training(job_id, steps=50)
         proxy.cut()
         # The CLI says so, on one line.
         down = env.cli("status", job_id, check=False)
@@ -144,7 +145,7 @@ def test_database_away_for_a_while_the_job_carries_on(tmp_path, medium_cifar):
         assert env.cli("wait", job_id, "--timeout", "300", extra_env=direct).returncode == 0
         status = env.cli_json("status", job_id)
         assert status["status"] == "succeeded" and status["attempts"] == 1
-        assert [c["epoch"] for c in env.cli_json("checkpoint", "list", job_id)] == [1, 2, 3]
+        assert [c["epoch"] for c in env.cli_json("checkpoint", "list", job_id)] == list(range(1, 21))
         worker_log = env.workers[0].log_path.read_text()
         assert "database unreachable" in worker_log or "heartbeat of job" in worker_log
     finally:
@@ -172,8 +173,8 @@ def test_database_away_longer_than_the_stale_threshold_requeues_no_live_job(tmp_
     try:
         env.cli("db", "upgrade")
         env.start_worker()
-        job_id = env.submit_train("--epochs", "4", "--lr", "0.01", "--log-every", "50")
-        env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["step"] > 50, what="training")
+        job_id = env.submit_train("--epochs", "20", "--lr", "0.01", "--log-every", "50")
+        env.wait_until_training(job_id, steps=50)
         proxy.cut()
         time.sleep(outage)  # longer than the stale threshold without a single heartbeat
         proxy.restore()
@@ -183,7 +184,7 @@ def test_database_away_longer_than_the_stale_threshold_requeues_no_live_job(tmp_
         steps_per_epoch = status["progress"]["steps_per_epoch"]
         log = env.cli("logs", job_id).stdout
         printed = [line for line in log.splitlines() if line.startswith("[") and "loss:" in line]
-        assert len(printed) == 4 * (steps_per_epoch // 50), "log lines were lost while the database was away"
+        assert len(printed) == 20 * (steps_per_epoch // 50), "log lines were lost while the database was away"
         assert "reaper round failed" in env.workers[0].log_path.read_text()
     finally:
         env.stop_workers()

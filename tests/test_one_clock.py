@@ -54,8 +54,8 @@ def test_a_slow_worker_and_a_fast_reaper_never_requeue_a_live_job(env):
         beat = subprocess.Popen([sys.executable, "-m", "api_cli.main", "beat"], env={**plain, **shifted(+70)},
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     env.workers.append(beat)  # stopped with the workers
-    job_id = env.submit_train("--epochs", "3", "--lr", "0.01", "--log-every", "100")
-    env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["step"] > 0, what="running")
+    job_id = env.submit_train("--epochs", "12", "--lr", "0.01", "--log-every", "100")
+    env.wait_until_training(job_id)
     assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
     status = env.cli_json("status", job_id)
     assert status["status"] == "succeeded" and status["attempts"] == 1, status

@@ -10,7 +10,7 @@ from tests.conftest import make_env
 
 # Fast fault detection for tests: heartbeat every 0.5 s, stale after 3 s, reaper every second.
 FAST_FAULTS = {"CIFARQ_STALE_AFTER_SECONDS": "3", "CIFARQ_REAP_INTERVAL_SECONDS": "1"}
-TRAIN = ["--epochs", "5", "--lr", "0.01", "--seed", "3", "--log-every", "100"]
+TRAIN = ["--epochs", "10", "--lr", "0.01", "--seed", "3", "--log-every", "100"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -47,7 +47,7 @@ def test_killed_worker_job_resumes_on_another_and_matches_an_uninterrupted_run(e
     status = env.cli_json("status", job_id)
     assert status["attempts"] == 2 and status["status"] == "succeeded"
     log = env.cli("logs", job_id).stdout
-    assert any(f"resuming after epoch {n} from its checkpoint" in log for n in (2, 3, 4))
+    assert any(f"resuming after epoch {n} from its checkpoint" in log for n in range(2, 10))
     assert log.count("Finished Training") == 1
     # Bit-identical on the CPU: the same seed gives the same batches after the resume.
     assert results_of(env, job_id)["confusion_matrix"] == results_of(env, reference)["confusion_matrix"]
@@ -117,7 +117,7 @@ def test_a_worker_killed_hard_is_noticed_within_15_s_at_the_defaults(env):
     status = env.wait_for(job_id, lambda s: s["attempts"] == 2, timeout=60, what="taken over")
     took = time.monotonic() - killed_at
     print(f"a worker killed hard: its job was running again after {took:.1f} s")
-    assert took <= 15 + 2, f"taken over after {took:.1f} s"  # 2 s: this test's own polling
+    assert took <= 15 + 3, f"taken over after {took:.1f} s"  # 3 s: the claim and this test's own polling
     assert status["status"] in ("running", "succeeded")
     assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
 
