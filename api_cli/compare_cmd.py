@@ -1,4 +1,4 @@
-"""`cifarq compare`: jobs side by side (params, accuracy, per class), or a sweep ranked by accuracy.
+"""`cifarq compare`: jobs side by side (params, what ran, accuracy, per class), or a sweep ranked by accuracy.
 
 Deltas are against the first job given (the baseline), in percentage points.
 """
@@ -11,6 +11,7 @@ import typer
 from api_cli.options import JsonOption
 from api_cli.output import print_json, print_table
 from shared.errors import CifarqError
+from shared.provenance import provenance_rows
 
 
 def compare_jobs(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -41,7 +42,8 @@ def compare(
     sweep: Annotated[Optional[str], typer.Option(help="Rank the jobs of this sweep by test accuracy instead.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Jobs side by side: params, test accuracy and per-class accuracy, with deltas against the first.
+    """Jobs side by side: params, what ran (versions, device, data digest), test accuracy and
+    per-class accuracy, with deltas against the first; * marks a row whose values differ.
 
     With --sweep, the sweep's jobs are ranked by test accuracy, best first.
 
@@ -78,10 +80,17 @@ def _print_side_by_side(data: dict[str, Any]) -> None:
     jobs, deltas = data["jobs"], [None, *data["deltas"]]
     keys = list(dict.fromkeys(key for job in jobs for key in job["params"]))
     rows: list[list[Any]] = [["kind", *(j["kind"] for j in jobs)], ["status", *(j["status"] for j in jobs)]]
-    for key in keys:
-        values = [job["params"].get(key) for job in jobs]
+
+    def starred(label: str, values: list[Any]) -> list[Any]:
         marker = "*" if len({repr(v) for v in values}) > 1 else ""  # a star marks what differs
-        rows.append([key + marker, *("-" if v is None else v for v in values)])
+        return [label + marker, *("-" if v is None else v for v in values)]
+
+    for key in keys:
+        rows.append(starred(key, [job["params"].get(key) for job in jobs]))
+    # What ran: versions, device, data digest (shared/provenance.py); "-" for a job not started.
+    ran = [dict(provenance_rows(job.get("provenance"))) for job in jobs]
+    for label in dict.fromkeys(label for rows_of_job in ran for label in rows_of_job):
+        rows.append(starred(label, [rows_of_job.get(label) for rows_of_job in ran]))
 
     def with_delta(value, delta):
         return _percent(value) + (f" ({_delta(delta)})" if delta is not None else "")
@@ -92,7 +101,7 @@ def _print_side_by_side(data: dict[str, Any]) -> None:
         rows.append([name, *(with_delta(j["per_class"].get(name), d and d["per_class"].get(name))
                              for j, d in zip(jobs, deltas))])
     print_table(["", *(job["id"] for job in jobs)], rows)
-    typer.echo(f"(deltas in percentage points against {data['baseline']}; * marks params that differ)")
+    typer.echo(f"(deltas in percentage points against {data['baseline']}; * marks what differs)")
 
 
 def _print_sweep(sweep_id: str, summaries: list[dict[str, Any]], json_output: bool) -> None:

@@ -11,7 +11,8 @@ from api_cli.output import print_json, print_table, say
 from api_cli.progress import ProgressView, progress_line
 from shared.states import JobKind, JobStatus
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0  # one primary-key read a second per follower (heartbeats come every 5 s by default)
+SERVED_CHECK_SECONDS = 10.0  # how often a follower of a queued job asks whether any worker could take it
 
 
 def _load(job_id: str) -> dict:
@@ -31,6 +32,15 @@ def _last_epoch_speed(job_id: str) -> Optional[float]:
         return last_epoch_speed(session=session, job_id=job_id)
 
 
+def _live_consumers(queue: str) -> int:
+    """How many live workers consume `queue`: none means a queued job there waits for good."""
+    from shared.db import session_scope
+    from shared.registry import live_workers
+
+    with session_scope() as session:
+        return len(live_workers(session=session, queue=queue))
+
+
 def status(
     job_id: JobIdArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help=(
@@ -44,17 +54,26 @@ def status(
     Example: cifarq status 3f2a9c1e --follow
     """
     job = _follow(job_id) if follow else _load(job_id)
+    queued = job["status"] == JobStatus.queued.value
+    job["live_consumers"] = _live_consumers(job["queue"]) if queued else None
     if json_output:
         print_json(job)
         return
+    from shared.provenance import provenance_rows
+
     rows = [("id", job["id"]), ("kind", job["kind"]), ("status", progress_line(job)),
             ("device", job["device"] or "-"), ("worker", job["worker"] or "-"), ("attempts", job["attempts"]),
             ("params", " ".join(f"{k}={v}" for k, v in job["params"].items() if v is not None)),
-            ("created", job["created_at"]), ("finished", job["finished_at"] or "-")]
+            ("created", job["created_at"]), ("finished", job["finished_at"] or "-"),
+            *provenance_rows(job["provenance"], device=False)]  # what ran: versions, data digest
     if job["sweep_id"]:
         rows.append(("sweep", job["sweep_id"]))
     if job["error"]:
         rows.append(("error", job["error"]))
+    if queued and not job["live_consumers"]:
+        from shared.registry import nobody_serves
+
+        rows.append(("waiting", nobody_serves(job["queue"])))
     for key, value in rows:
         typer.echo(f"{key:9s} {value}")
 
@@ -64,10 +83,18 @@ def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
     job = _load(job_id)
     view = ProgressView(epoch_images_per_second=_last_epoch_speed(job["id"]))
     epochs_seen = job["progress"]["epoch"]
+    served, served_checked = True, -SERVED_CHECK_SECONDS
     while True:
         if JobStatus(job["status"]).is_final:
             view.finish(job)
             return job
+        if job["status"] == JobStatus.queued.value and time.monotonic() - served_checked >= SERVED_CHECK_SECONDS:
+            served_checked = time.monotonic()
+            was_served, served = served, _live_consumers(job["queue"]) > 0
+            if was_served and not served:  # said once, and again only after a worker came and went
+                from shared.registry import nobody_serves
+
+                view.note(f"{job['id']} waits: {nobody_serves(job['queue'])}")
         if job["progress"]["epoch"] != epochs_seen:  # an epoch ended: its speed is the next guess
             epochs_seen = job["progress"]["epoch"]
             view.speed.epoch_images_per_second = _last_epoch_speed(job["id"])
@@ -98,8 +125,9 @@ def wait(
     if json_output:
         print_json(job)
     if job["status"] != JobStatus.succeeded.value:
-        if job["error"]:
-            say(f"{job['status']}: {job['error']}")
+        if job["error"]:  # a cancelled job's error already says "cancelled: ..."
+            error = job["error"]
+            say(error if error.startswith(job["status"]) else f"{job['status']}: {error}")
         raise typer.Exit(1)
 
 

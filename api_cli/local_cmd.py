@@ -196,24 +196,59 @@ def status_(json_output: JsonOption = False) -> None:
 
 # --------------------------------------------------------------------------- cifarq run
 
-def _ensure_worker(queue: str) -> None:
-    """Reuse the local worker, or any live worker that consumes `queue`; else start one."""
+def _consumers(queue: str) -> list:
     from shared.db import session_scope
     from shared.registry import live_workers
+
+    with session_scope() as session:
+        return [(w.name, w.pid, w.host, w.queues) for w in live_workers(session=session, queue=queue)]
+
+
+def _local_queues(state: dict) -> str:
+    """The queues the local worker consumes, from its row in the workers table."""
+    import socket
+
+    from shared.db import session_scope
+    from shared.registry import live_workers
+
+    with session_scope() as session:
+        rows = [w for w in live_workers(session=session) if w.pid == state["pid"] and w.host == socket.gethostname()]
+    return rows[0].queues.replace(",", ", ") if rows else "no queue yet (it is not registered)"
+
+
+def _ensure_worker(queue: str) -> None:
+    """A live worker that consumes `queue`: the local one, another running one, or a local one
+    started now. Never one that cannot take the job (a CPU worker for a --device cuda job):
+    then nothing is queued, and the error says what to start."""
+    import socket
+
+    from shared.registry import how_to_serve
 
     local = _running()
     if local is not None:
         _check_same_backends(local)
+    consumers = _consumers(queue)
+    here = socket.gethostname()
+    if local is not None and any(pid == local["pid"] and host == here for _, pid, host, _ in consumers):
         say(f"using the local worker (pid {local['pid']}); stop it with: cifarq local stop")
         return
-    with session_scope() as session:
-        names = [w.name for w in live_workers(session=session, queue=queue)]
-    if names:
+    if consumers:
+        names = [name for name, *_ in consumers]
         say(f"using running worker{'s' if len(names) > 1 else ''}: {', '.join(names)}")
         return
-    say("starting a local worker in the background...")
-    state, _ = start_local_worker()
-    say(f"started a local worker (pid {state['pid']}, log {state['log']}); stop it with: cifarq local stop")
+    started = local is None
+    if started:
+        say("starting a local worker in the background...")
+        local, _ = start_local_worker()
+        if _consumers(queue):
+            say(f"started a local worker (pid {local['pid']}, log {local['log']}); stop it with: cifarq local stop")
+            return
+    reads = _local_queues(local)
+    if started:
+        stop_local_worker(timeout=30)
+    raise CifarqError(f"no live worker can take this job: it goes to queue {queue!r}, and the local worker "
+                      f"(pid {local['pid']}{', now stopped' if started else ''}) consumes {reads}; "
+                      f"{how_to_serve(queue)}, or use --device auto; nothing was queued")
 
 
 def train(**flags) -> None:
@@ -223,9 +258,8 @@ def train(**flags) -> None:
 
     Example: cifarq run train --epochs 2
     """
-    from shared.celery_app import queue_for_device
     from shared.jobspec import TrainConfig, parse_config
-    from shared.states import JobKind
+    from shared.states import JobKind, queue_for_device
 
     json_output = flags.pop("json_output", False)
     queue = flags.pop("queue", None)

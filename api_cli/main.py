@@ -17,6 +17,7 @@ from api_cli import (
     admin,
     checkpoint_cmd,
     compare_cmd,
+    doctor_cmd,
     jobs_cmd,
     local_cmd,
     monitor_cmd,
@@ -34,6 +35,11 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             _fail("interrupted", 130)
         except TyperException as exc:  # Typer's usage errors: a bad flag, a value of the wrong type
+            # `cifarq` or `cifarq submit` alone: the help asked for, not an error. By name: typer
+            # 0.29 raises it from its private copy of click.
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.stdout.write(exc.format_message() + "\n")
+                sys.exit(0)
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             _fail(message, getattr(exc, "exit_code", 2))
         except CifarqError as exc:
@@ -72,6 +78,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: typer 0.29's rich panels print `<bool>` beside every flag (--help too).
+    rich_markup_mode=None,
 )
 
 
@@ -111,6 +119,7 @@ COMMANDS = [
     ("compare", compare_cmd.compare),
     ("workers", monitor_cmd.workers),
     ("queue", monitor_cmd.queue),
+    ("doctor", doctor_cmd.doctor),
     ("worker", admin.worker),
     ("beat", admin.beat),
 ]
@@ -132,7 +141,7 @@ def _add_commands() -> None:
     for name, function in COMMANDS:
         app.command(name)(function)
     for group_name, help_text, commands in GROUPS:
-        group = typer.Typer(help=help_text, no_args_is_help=True)
+        group = typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
         for name, function in commands:
             group.command(name)(function)
         app.add_typer(group, name=group_name)

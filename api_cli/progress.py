@@ -25,7 +25,8 @@ BAR_WIDTH = 24
 def progress_line(job: dict) -> str:
     """`running, epoch 1/2, step 10087/12500, loss 1.553`: the plain summary of a job dict."""
     p = job["progress"]
-    parts = [job["status"]]
+    phase = p.get("phase")
+    parts = [f"{job['status']}: {phase}" if phase and phase != "training" else job["status"]]
     if job["kind"] == "train" and p["epochs"]:
         parts.append(f"epoch {current_epoch(job)}/{p['epochs']}")
         if p["steps_per_epoch"]:
@@ -40,7 +41,8 @@ def progress_line(job: dict) -> str:
 def current_epoch(job: dict) -> int:
     """progress.epoch counts finished epochs; while one is under way, this is the one running."""
     p = job["progress"]
-    in_epoch = job["status"] == "running" and p["steps_per_epoch"] and p["step"] < p["steps_per_epoch"]
+    # Before its first heartbeat with steps (loading data, compiling), a running job is in its first epoch.
+    in_epoch = job["status"] == "running" and (not p["steps_per_epoch"] or p["step"] < p["steps_per_epoch"])
     return p["epoch"] + (1 if in_epoch else 0)
 
 
@@ -65,6 +67,7 @@ class Speed:
         self._seen_at: Optional[float] = None  # when that heartbeat was first seen here (monotonic)
         self.steps_per_second: Optional[float] = None
         self.epoch_images_per_second = epoch_images_per_second
+        self._beat_interval = 0.0  # seconds between the last two heartbeats that moved
 
     def update(self, job: dict) -> None:
         p = job["progress"]
@@ -74,6 +77,7 @@ class Speed:
         done = (current_epoch(job) - 1) * p["steps_per_epoch"] + p["step"]
         if self._last is not None and beat > self._last[0] and done > self._last[1]:
             self.steps_per_second = (done - self._last[1]) / (beat - self._last[0])
+            self._beat_interval = beat - self._last[0]
         if self._last is None or beat > self._last[0]:
             self._last = (beat, done)
             self._seen_at = time.monotonic()
@@ -85,7 +89,9 @@ class Speed:
 
     def eta_seconds(self, job: dict, now: Optional[float] = None) -> Optional[float]:
         """Seconds left at the current speed, counted down from the last heartbeat as time passes
-        here (the client's clock: the worker's may differ)."""
+        here (the client's clock: the worker's may differ), for one heartbeat interval at most:
+        when the next heartbeat is late (an epoch's checkpoint being written), the ETA holds
+        instead of running down to 0:00 and jumping back up when it comes."""
         p = job["progress"]
         batch_size = job["params"].get("batch_size") or 1
         rate = self.images_per_second(batch_size)
@@ -93,7 +99,7 @@ class Speed:
             return None
         left = (p["epochs"] - current_epoch(job)) * p["steps_per_epoch"] + p["steps_per_epoch"] - p["step"]
         since = 0.0 if self._seen_at is None else (now if now is not None else time.monotonic()) - self._seen_at
-        return max(max(left, 0) * batch_size / rate - since, 0.0)
+        return max(max(left, 0) * batch_size / rate - min(since, self._beat_interval), 0.0)
 
 
 class ProgressView:
@@ -124,9 +130,17 @@ class ProgressView:
             self._write(line + "\n")
             self._last_plain = line
 
+    def note(self, text: str) -> None:
+        """A line of its own (a warning while the job waits), below any bar."""
+        self._end_bar()
+        self._write(text + "\n")
+
     def _has_bar(self, job: dict) -> bool:
+        """A bar while steps are being counted; a line of its own for a phase without steps
+        (loading data, compiling, evaluating), so that no bar sits frozen for minutes."""
         p = job["progress"]
-        return job["kind"] == "train" and job["status"] == "running" and bool(p["steps_per_epoch"])
+        return (job["kind"] == "train" and job["status"] == "running" and bool(p["steps_per_epoch"])
+                and p.get("phase") in (None, "training"))
 
     def _rate_and_eta(self, job: dict) -> list[str]:
         parts = []
@@ -144,7 +158,8 @@ class ProgressView:
         if base == self._last_plain:
             return  # nothing new recorded: no line (the rate alone changing is no news)
         self._last_plain = base
-        self._write(", ".join([base, *self._rate_and_eta(job)]) + "\n")
+        counting = job["progress"].get("phase") in (None, "training")  # no rate or ETA while compiling or evaluating
+        self._write(", ".join([base, *(self._rate_and_eta(job) if counting else [])]) + "\n")
 
     def _draw_bar(self, job: dict) -> None:
         p = job["progress"]

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from shared.provenance import provenance_rows
 from shared.results import ReportData
 
 # Figure sizes in inches at DPI: the PNGs are exactly these many pixels (no tight bbox cropping).
@@ -74,18 +75,33 @@ def _png(fig) -> bytes:
 
 
 def plot_curves(data: ReportData) -> bytes:
+    """Left: the running loss at every logged step (the tutorial's lines) and each epoch's mean.
+    Right: the test accuracy of every evaluated checkpoint; one alone is a labelled point with
+    how to get more, not a "curve" of one dot."""
     fig = _figure("curves")
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [m["epoch"] for m in data.epochs]
-    loss_ax.plot(epochs, [m["loss"] for m in data.epochs], marker="o", color="tab:blue")
-    loss_ax.set(title="Training loss per epoch", xlabel="epoch", ylabel="mean loss")
+    if data.logged_loss:
+        every = data.job["params"].get("log_every")
+        loss_ax.plot(*zip(*data.logged_loss), color="tab:blue", linewidth=1.2, marker="." if len(data.logged_loss) < 60 else None,
+                     label=f"running loss (every {every} mini-batches)" if every else "running loss")
+    loss_ax.plot(epochs, [m["loss"] for m in data.epochs], "o", color="tab:orange", label="mean of the epoch")
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="loss")
+    loss_ax.legend(fontsize=8)
     points = data.accuracy_by_epoch
     acc_ax.plot(list(points), [100 * v for v in points.values()], marker="o", color="tab:green")
     acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+    if len(points) == 1:
+        ((epoch, value),) = points.items()
+        acc_ax.annotate(f"{100 * value:.1f}% after epoch {epoch}", (epoch, 100 * value), textcoords="offset points",
+                        xytext=(0, 10), ha="center")
+        acc_ax.text(0.5, 0.04, f"one evaluation; for a curve: cifarq submit evaluate --checkpoint {data.job['id'][:8]}:E",
+                    transform=acc_ax.transAxes, ha="center", fontsize=7, color="0.4")
     last = max(epochs + list(points) + [1])
+    loss_ax.set_xlim(0, last + 0.1)
+    acc_ax.set_xlim(0.5, last + 0.5)
     for ax in (loss_ax, acc_ax):
-        ax.set_xlim(0.5, last + 0.5)
-        ax.set_xticks(range(1, last + 1))
+        ax.set_xticks(range(0 if ax is loss_ax else 1, last + 1))
         ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -184,6 +200,14 @@ def _replace(path: Path, content: bytes) -> None:
         raise
 
 
+def _curves_caption(data: ReportData) -> str:
+    every = data.job["params"].get("log_every")
+    logged = (f"the running loss at {len(data.logged_loss)} logged steps (every {every} mini-batches) and "
+              if data.logged_loss else "")
+    evaluated = ", ".join(str(epoch) for epoch in data.accuracy_by_epoch)
+    return f"Left: {logged}the mean loss of each epoch. Right: test accuracy after epoch {evaluated or '-'}."
+
+
 _TITLES = {"curves": "Loss and accuracy per epoch", "confusion": "Confusion matrix",
            "per_class": "Accuracy per class", "samples": "Test images"}
 
@@ -200,8 +224,13 @@ def _html(data: ReportData, pictures: dict[str, bytes], notes: list[str]) -> str
     job, result = data.job, data.result
     e = html.escape
     params = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in job["params"].items())
+    ran = provenance_rows(job["provenance"], short=False)
+    provenance = (f"<table>{''.join(f'<tr><th>{e(k)}</th><td>{e(v)}</td></tr>' for k, v in ran)}</table>" if ran
+                  else "<p>Not recorded: the job ran before cifarq recorded what ran.</p>")
+    compiled = job["progress"]["compile_seconds"]
     summary = [("status", job["status"]), ("device", job["device"] or "-"), ("worker", job["worker"] or "-"),
                ("created", job["created_at"]), ("finished", job["finished_at"] or "-"),
+               *([("compile", f"{compiled:.1f} s before the first epoch (not in its images/s)")] if compiled else []),
                ("test accuracy", f"{100 * result['accuracy']:.1f}% ({result['correct']}/{result['total']})")]
     summary_rows = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in summary)
     class_rows = "".join(
@@ -210,9 +239,12 @@ def _html(data: ReportData, pictures: dict[str, bytes], notes: list[str]) -> str
     epoch_rows = "".join(
         f"<tr><td class=num>{m['epoch']}</td><td class=num>{m['loss']:.4f}</td><td class=num>{m['seconds']:.1f}</td>"
         f"<td class=num>{m['images_per_second']:.0f}</td></tr>" for m in data.epochs)
+    captions = {"curves": _curves_caption(data)}
     figures = "".join(
         f'<h2>{e(_TITLES[name])}</h2>\n<img id="{name}" alt="{e(_TITLES[name])}" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">\n' for name, png in pictures.items())
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">\n'
+        + (f'<p id="{name}-caption">{e(captions[name])}</p>\n' if name in captions else "")
+        for name, png in pictures.items())
     note_html = "".join(f'<p class="note">{e(note)}</p>' for note in notes)
     epochs_html = (f"<h2>Epochs</h2><table><tr><th>epoch</th><th>loss</th><th>seconds</th><th>images/s</th></tr>"
                    f"{epoch_rows}</table>") if data.epochs else ""
@@ -223,6 +255,7 @@ def _html(data: ReportData, pictures: dict[str, bytes], notes: list[str]) -> str
 <h1>cifarq job {e(job['id'])} ({e(job['kind'])})</h1>
 <table>{summary_rows}</table>
 <h2>Parameters</h2><table>{params}</table>
+<h2>What ran</h2>{provenance}
 {note_html}
 {figures}
 {epochs_html}

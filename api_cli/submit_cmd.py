@@ -28,7 +28,8 @@ def _default(name: str) -> str:
 def train(
     recipe: Annotated[str, typer.Option(
         help="tutorial (the PyTorch tutorial's Net and SGD) or fast (airbench94-style ResNet-ish net, "
-             "whitening, label smoothing, lookahead, test-time augmentation).")] = DEFAULT_RECIPE,
+             "whitening, label smoothing, lookahead, test-time augmentation; built for a GPU: "
+             "on a 2-core CPU one of its epochs takes about 8 minutes).")] = DEFAULT_RECIPE,
     epochs: Annotated[Optional[int], typer.Option(
         help=f"Passes over the training set (default {_default('epochs')}).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
@@ -62,7 +63,35 @@ def train(
                                             momentum=momentum, width=width, seed=seed, log_every=log_every,
                                             label_smoothing=label_smoothing, tta_level=tta_level, device=device))
     job_id = submit(JobKind.train, config, queue)
+    if config.recipe == "fast":
+        _warn_if_fast_lands_on_a_cpu(config, queue)
     _report(job_id, json_output)
+
+
+def _warn_if_fast_lands_on_a_cpu(config: Any, queue: Optional[str]) -> None:
+    """The fast recipe is built for a GPU: on a 2-core CPU one epoch of it took 8 minutes, against
+    under 2 for the whole default job. Said when the job is for the CPU, or when every live worker
+    that could take it is a CPU worker; with an estimate when such a job was recorded here."""
+    from api_cli.progress import format_duration
+    from shared.db import session_scope
+    from shared.registry import live_workers
+    from shared.results import recorded_epoch_seconds
+    from shared.states import queue_for_device
+
+    with session_scope() as session:
+        if config.device != "cpu":
+            devices = {w.device for w in live_workers(session=session, queue=queue or queue_for_device(config.device))}
+            if config.device != "auto" or devices != {"cpu"}:
+                return
+        recorded = recorded_epoch_seconds(session=session, recipe="fast", device="cpu")
+    if recorded:
+        job_id, per_epoch = recorded
+        estimate = (f"about {format_duration(config.epochs * per_epoch)} for {config.epochs} epochs "
+                    f"({per_epoch:.0f} s each, as job {job_id} took on a CPU here)")
+    else:
+        estimate = "minutes per epoch on a few cores (8 min on 2 cores), against under 2 min for the default job"
+    say(f"warning: --recipe fast is built for a GPU; on a CPU it takes {estimate}. "
+        "For a quick CPU run, leave out --recipe fast")
 
 
 def evaluate(
@@ -117,7 +146,8 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
     """The job row is written (status queued, owing its message) before the message is sent: a
     worker that takes the message always finds its row; a message that cannot be sent takes the
     row back; a submitter killed in between leaves the debt to a reaper (shared/jobs.py)."""
-    from shared.celery_app import STANDARD_QUEUES, queue_for_device, send_job
+    from shared.celery_app import send_job
+    from shared.states import queue_for_device
     from shared.db import session_scope
     from shared.jobs import create_job, delete_job, message_sent, store_uploaded_weights
     from shared.settings import get_settings, redact_url
@@ -144,22 +174,21 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
             message_sent(session=session, job_id=job_id, lease=lease)
     except Exception:  # the job is queued and its message sent; a reaper's second one is harmless
         pass
-    if queue not in STANDARD_QUEUES:
-        _warn_if_no_worker_consumes(queue)
+    _warn_if_no_worker_consumes(queue)
     return job_id
 
 
 @functools.cache  # once per queue and process: a sweep sends many jobs to one queue
 def _warn_if_no_worker_consumes(queue: str) -> None:
-    """A queue of the user's own naming that no live worker consumes would keep its jobs
-    queued forever without a word."""
+    """A job on a queue that no live worker consumes (a --device cuda job where every worker is a
+    CPU worker, a queue of the user's own naming, no worker started yet) would wait without a
+    word. It is queued all the same: a worker may be on its way."""
     from shared.db import session_scope
-    from shared.registry import live_workers
+    from shared.registry import live_workers, nobody_serves
 
     with session_scope() as session:
         if not live_workers(session=session, queue=queue):
-            say(f"warning: no live worker consumes queue {queue!r}; the job waits until one does "
-                f"(cifarq worker --queues {queue})")
+            say(f"warning: {nobody_serves(queue)}; the job waits until one does")
 
 
 def _report(job_id: str, json_output: bool) -> None:

@@ -11,19 +11,9 @@ from celery import Celery
 from kombu import Queue
 
 from shared.settings import get_settings
+from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
 
 RUN_JOB_TASK = "cifarq.run_job"  # the one task (worker/tasks.py)
-
-DEFAULT_QUEUE = "default"  # device "auto": every worker consumes it
-GPU_QUEUE = "gpu"  # device "cuda[:N]": only workers that have CUDA
-CPU_QUEUE = "cpu"  # device "cpu": only workers without CUDA
-STANDARD_QUEUES = (DEFAULT_QUEUE, GPU_QUEUE, CPU_QUEUE)
-
-
-def queue_for_device(device: str) -> str:
-    if device == "auto":
-        return DEFAULT_QUEUE
-    return CPU_QUEUE if device == "cpu" else GPU_QUEUE
 
 
 def make_app() -> Celery:

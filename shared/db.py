@@ -26,7 +26,7 @@ log = logging.getLogger("cifarq.db")
 T = TypeVar("T")
 
 # The newest migration; a test checks it against Alembic's head.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0005"
 
 
 @functools.cache

@@ -100,6 +100,8 @@ def _one_by_prefix(*, session: Session, query: Select, prefix: str, noun: str) -
             return matches[0]
         if len(matches) > 1:
             raise CifarqError(f"{noun} id prefix {prefix!r} is ambiguous: give more characters")
+    if len(prefix) < 4:
+        raise CifarqError(f"{noun} id {shown(prefix)} is too short: give at least 4 characters of it")
     raise CifarqError(f"no {noun} with id {shown(prefix)}")
 
 
@@ -129,7 +131,7 @@ def request_cancel(*, session: Session, job: Job) -> Job:
         update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)).rowcount
     session.refresh(job)
     if not flagged:
-        raise CifarqError(f"job {job.id} is already {job.status.value}")
+        raise CifarqError(f"job {job.id} has already ended ({job.status.value}): nothing to cancel")
     return job
 
 
@@ -151,6 +153,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
             "step": job.step,
             "steps_per_epoch": job.steps_per_epoch,
             "loss": job.loss,
+            "phase": job.phase if job.status == JobStatus.running else None,
+            "compile_seconds": job.compile_seconds,
         },
         "metrics": {"test_accuracy": job.test_accuracy},
         "created_at": iso(job.created_at),
@@ -158,6 +162,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "heartbeat_at": iso(job.heartbeat_at),
         "sweep_id": job.sweep_id,
+        "provenance": job.provenance,  # what ran, by the last attempt (shared/provenance.py); None before
     }
 
 

@@ -69,6 +69,13 @@ class Job(Base):
     # a queued job is owed"). Set at submit, at a hand-back, a requeue, and when the broker lost
     # its data.
     resend_after: Mapped[Optional[datetime]]
+    # What ran: versions, device and a digest of the data files read, written by each attempt
+    # (shared/provenance.py). None until a worker starts the job, and for jobs run before 0004.
+    provenance: Mapped[Optional[dict[str, Any]]]
+    # What a running job is doing (worker/loop.py PHASES), and the seconds its step took to compile
+    # (or its first step to warm up), which its epochs' images/s leave out.
+    phase: Mapped[Optional[str]] = mapped_column(String(32))
+    compile_seconds: Mapped[Optional[float]] = mapped_column(Float)
 
     epochs: Mapped[list["EpochMetric"]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import database_now
 from shared.models import WorkerRecord
+from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
 
 HEARTBEAT_SECONDS = 2.0
 # A worker counts as alive while its heartbeat is younger than this (four missed beats).
@@ -53,3 +54,18 @@ def live_workers(*, session: Session, queue: Optional[str] = None) -> list[Worke
     rows = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= since)
                            .order_by(WorkerRecord.name)).all()
     return [row for row in rows if queue is None or queue in row.queues.split(",")]
+
+
+def how_to_serve(queue: str) -> str:
+    """What to start so that a live worker consumes `queue`, for the messages that say none does."""
+    if queue == GPU_QUEUE:
+        return "start `cifarq worker` on a host with an NVIDIA GPU"
+    if queue == CPU_QUEUE:
+        return "start `cifarq local start` on a host without a GPU, or `cifarq worker --gpu none`"
+    if queue == DEFAULT_QUEUE:
+        return "start `cifarq local start` or `cifarq worker`"
+    return f"start `cifarq worker --queues {queue}`"
+
+
+def nobody_serves(queue: str) -> str:
+    return f"no live worker consumes queue {queue!r}: {how_to_serve(queue)}"

@@ -2,6 +2,7 @@
 matrix) and the metrics of each epoch. Callers own sessions."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from shared.errors import CifarqError
 from shared.jobs import get_job, job_to_dict
 from shared.metrics import accuracy
-from shared.models import EpochMetric, Job, JobKind, JobStatus, Result
+from shared.models import EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 
 
 def get_result(*, session: Session, job: Job) -> Result:
@@ -44,12 +45,12 @@ def result_to_dict(result: Result) -> dict[str, Any]:
 
 
 def job_summary(*, session: Session, job: Job) -> dict[str, Any]:
-    """A job as `cifarq compare` sets it beside others: params, and its accuracy overall and per
-    class (None and {} while it has no result)."""
+    """A job as `cifarq compare` sets it beside others: params, what ran (provenance), and its
+    accuracy overall and per class (None and {} while it has no result)."""
     result = session.get(Result, job.id)
     rows = result_to_dict(result)["per_class"] if result else []
     return {"id": job.id, "kind": job.kind.value, "status": job.status.value, "sweep_id": job.sweep_id,
-            "params": job.params, "accuracy": result.accuracy if result else None,
+            "params": job.params, "provenance": job.provenance, "accuracy": result.accuracy if result else None,
             "per_class": {row["class"]: row["accuracy"] for row in rows}}
 
 
@@ -69,6 +70,8 @@ class ReportData:
     # Test accuracy after k epochs, from the job itself (its last epoch) and from evaluate jobs of
     # its checkpoints: {epoch: accuracy}
     accuracy_by_epoch: dict[int, float] = field(default_factory=dict)
+    # The running loss the job logged every --log-every mini-batches: (epochs done, loss)
+    logged_loss: list[tuple[float, float]] = field(default_factory=list)
 
 
 def load_report_data(*, session: Session, job_id: str) -> ReportData:
@@ -86,4 +89,38 @@ def load_report_data(*, session: Session, job_id: str) -> ReportData:
         if params.get("source_epoch") is not None:
             by_epoch.setdefault(int(params["source_epoch"]), value)
     return ReportData(job=job_to_dict(job), result=result, epochs=epochs,
-                      accuracy_by_epoch=dict(sorted(by_epoch.items())))
+                      accuracy_by_epoch=dict(sorted(by_epoch.items())),
+                      logged_loss=logged_losses(session=session, job_id=job.id, steps_per_epoch=job.steps_per_epoch))
+
+
+# The loop's log line (worker/loop.py report_step): the tutorial's `[1,  2000] loss: 2.200`.
+LOSS_LINE = re.compile(r"\[(\d+), *(\d+)\] loss: (\S+)")
+
+
+def logged_losses(*, session: Session, job_id: str, steps_per_epoch: Optional[int]) -> list[tuple[float, float]]:
+    """(epochs done, running loss) of each loss line the job logged, in order. A step logged twice
+    (a resumed attempt went over it again) counts once, with its last value."""
+    if not steps_per_epoch:
+        return []
+    points: dict[float, float] = {}
+    lines = session.scalars(select(LogLine.line).where(LogLine.job_id == job_id, LogLine.line.startswith("["))
+                            .order_by(LogLine.id))
+    for line in lines:
+        match = LOSS_LINE.fullmatch(line)
+        if match:
+            epoch, step, loss = int(match[1]), int(match[2]), float(match[3])
+            points[epoch - 1 + step / steps_per_epoch] = loss
+    return sorted(points.items())
+
+
+def recorded_epoch_seconds(*, session: Session, recipe: str, device: str) -> Optional[tuple[str, float]]:
+    """(job id, median seconds per epoch) of the latest succeeded train job of `recipe` that ran
+    on `device` ("cpu"), or None when there is none: what an estimate of a new job can go by."""
+    recent = session.scalars(select(Job).where(Job.kind == JobKind.train, Job.status == JobStatus.succeeded,
+                                               Job.device == device)
+                             .order_by(Job.finished_at.desc()).limit(50))
+    job = next((job for job in recent if job.params.get("recipe") == recipe), None)
+    if job is None:
+        return None
+    seconds = sorted(session.scalars(select(EpochMetric.seconds).where(EpochMetric.job_id == job.id)))
+    return (job.id, seconds[len(seconds) // 2]) if seconds else None

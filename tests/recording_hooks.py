@@ -9,6 +9,8 @@ class Recorder:
     def __init__(self, stop_after_steps: int | None = None):
         self.epochs: list[dict] = []
         self.lines: list[str] = []
+        self.phases: list[str] = []
+        self.compile_seconds: float | None = None
         self.steps = 0
         self.stop_after_steps = stop_after_steps
 
@@ -17,6 +19,12 @@ class Recorder:
 
     def log(self, line):
         self.lines.append(line)
+
+    def phase(self, name):
+        self.phases.append(name)
+
+    def compiled(self, seconds):
+        self.compile_seconds = seconds
 
     def should_stop(self):
         return self.stop_after_steps is not None and self.steps >= self.stop_after_steps

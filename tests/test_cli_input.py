@@ -137,3 +137,25 @@ def test_unreachable_broker_leaves_no_row(sqlite_env):
     assert_one_line_error(result, "broker unreachable at redis://127.0.0.1:1/0", 1)
     assert "nothing was queued" in result.stderr
     assert sqlite_env.cli_json("list") == []
+
+
+def test_the_small_texts_a_newcomer_reads(sqlite_env):
+    cli = sqlite_env.cli
+    # `cifarq` or a group alone: the help, on stdout, and no empty "error:" line after it.
+    for args in ([], ["submit"], ["checkpoint"]):
+        shown = cli(*args, check=False)
+        assert shown.returncode == 0 and shown.stderr == "" and "Usage:" in shown.stdout, (args, shown)
+    # Flags are flags: no "<bool>" type beside them.
+    for args in (["status", "--help"], ["submit", "train", "--help"], ["--help"]):
+        assert "<bool>" not in cli(*args).stdout
+    assert "--follow" in cli("status", "--help").stdout
+    # An id too short to be meant says how long it must be.
+    assert_one_line_error(cli("status", "abc", check=False), "job id 'abc' is too short: give at least 4 characters", 1)
+    # A job that ended cannot be cancelled, in words that read.
+    job_id = sqlite_env.submit_train("--epochs", "1")
+    cli("cancel", job_id)
+    assert_one_line_error(cli("cancel", job_id, check=False),
+                          f"job {job_id} has already ended (cancelled): nothing to cancel", 1)
+    # `wait` on a cancelled job: its error once, not "cancelled: cancelled: ...".
+    waited = cli("wait", job_id, check=False)
+    assert waited.returncode == 1 and waited.stderr.strip().splitlines()[-1] == "cancelled before it started"

@@ -76,6 +76,8 @@ def test_a_job_through_the_queue_runs_on_the_gpu(tmp_path, small_cifar):
         status = env.cli_json("status", job_id)
         assert status["status"] == "succeeded"
         assert status["device"] == torch.cuda.get_device_name(0) and "NVIDIA" in status["device"]
+        assert status["provenance"]["device"] == f"cuda:0 ({status['device']})"
+        assert torch.version.cuda is not None and status["provenance"]["cuda"] == torch.version.cuda
         results = env.cli_json("results", job_id)
         evaluated = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]
         assert env.cli("wait", evaluated, "--timeout", "300", check=False).returncode == 0

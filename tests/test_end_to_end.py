@@ -118,7 +118,7 @@ def test_cuda_job_waits_for_a_gpu_worker_and_can_be_cancelled(backend_env):
     assert status["status"] == "cancelled" and status["attempts"] == 0
     assert env.cli("wait", job_id, "--timeout", "5", check=False).returncode == 1
     again = env.cli("cancel", job_id, check=False)
-    assert again.returncode == 1 and again.stderr == f"error: job {job_id} is already cancelled\n"
+    assert again.returncode == 1 and again.stderr == f"error: job {job_id} has already ended (cancelled): nothing to cancel\n"
 
 
 def test_a_cuda_job_that_reaches_a_cpu_worker_is_handed_back_not_failed(tmp_path, small_cifar):

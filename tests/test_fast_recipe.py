@@ -83,7 +83,10 @@ def sqlite_worker_env(tmp_path_factory, small_cifar):
 
 def test_fast_job_through_the_queue(sqlite_worker_env):
     env = sqlite_worker_env
-    job_id = env.submit_train(*TINY)
+    # Every live worker is a CPU worker: the submitter hears what that costs (no estimate yet).
+    submitted = env.cli("submit", "train", *TINY)
+    job_id = submitted.stdout.strip()
+    assert "warning: --recipe fast is built for a GPU; on a CPU it takes minutes per epoch" in submitted.stderr
     waited = env.cli("wait", job_id, "--timeout", "240", check=False)
     assert waited.returncode == 0, waited.stderr + env.cli("logs", job_id, check=False).stdout
     status = env.cli_json("status", job_id)
@@ -94,6 +97,17 @@ def test_fast_job_through_the_queue(sqlite_worker_env):
     assert sum(map(sum, results["confusion_matrix"])) == 100
     logs = env.cli("logs", job_id).stdout
     assert "timing: data loading" in logs and "first step" in logs and "Accuracy of the network" in logs
+
+    # Now a fast job on a CPU is on record: the next one gets an estimate from it. (Parked on a
+    # queue nobody consumes, then cancelled: only the warning is wanted.)
+    parked = env.cli("submit", "train", *TINY, "--epochs", "30", "--device", "cpu", "--queue", "parked")
+    assert f"s each, as job {job_id} took on a CPU here). For a quick CPU run, leave out --recipe fast" \
+        in parked.stderr
+    assert "it takes about " in parked.stderr and " for 30 epochs (" in parked.stderr
+    env.cli("cancel", parked.stdout.strip())
+    tutorial = env.cli("submit", "train", "--epochs", "1", "--queue", "parked")
+    assert "recipe fast" not in tutorial.stderr
+    env.cli("cancel", tutorial.stdout.strip())
 
     # An evaluate job rebuilds the fast network from the checkpoint: the same predictions.
     evaluate_id = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]

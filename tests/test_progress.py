@@ -13,11 +13,11 @@ import threading
 import pytest
 
 from api_cli.progress import ProgressView, format_duration
-from tests.conftest import REPO, env_with_worker
+from tests.conftest import BACKENDS, REPO, make_env
 from tests.fakedata import write_cifar10
 
-# 1,500 training images at batch 2: 750 steps per epoch, a second or more each, so that wait sees
-# several heartbeats (0.5 s in the tests) per epoch.
+# 6,000 training images at batch 2: 3,000 steps per epoch, a second or more each even compiled, so
+# that wait sees several heartbeats (0.5 s in the tests) per epoch.
 SLOW = ["--epochs", "3", "--lr", "0.005", "--batch-size", "2", "--log-every", "250", "--seed", "1"]
 
 
@@ -40,9 +40,10 @@ def test_speed_and_eta_come_from_two_heartbeats():
     job = job_dict(step=30, loss=1.9, beat="2026-01-01T00:00:02+00:00")
     view.update(job)
     assert len(out.getvalue().splitlines()) == 2, "nothing new recorded: no new line"
-    # Between heartbeats the ETA counts down on the client's clock.
-    assert view.speed.eta_seconds(job, now=view.speed._seen_at + 5) == pytest.approx(12)
-    assert view.speed.eta_seconds(job, now=view.speed._seen_at + 60) == 0
+    # Between heartbeats the ETA counts down on the client's clock, for one heartbeat interval
+    # (2 s here): a late heartbeat (a checkpoint being written) holds it rather than run it to 0:00.
+    assert view.speed.eta_seconds(job, now=view.speed._seen_at + 1) == pytest.approx(16)
+    assert view.speed.eta_seconds(job, now=view.speed._seen_at + 60) == pytest.approx(15)
     view.finish(job_dict(status="succeeded", epoch=2, step=100, loss=1.5, accuracy=0.52))
     assert out.getvalue().splitlines()[-1] == \
         "abcd1234: succeeded, epoch 2/2, step 100/100, loss 1.500, test accuracy 52.0%"
@@ -65,11 +66,36 @@ def test_a_terminal_gets_one_bar_per_epoch_redrawn_in_place():
     assert bars[2] == "abcd1234: succeeded, epoch 2/2, step 100/100, loss 1.500"
 
 
-@pytest.fixture(scope="module")
-def worker_env(tmp_path_factory):
-    data = write_cifar10(tmp_path_factory.mktemp("cifar-1500"), train_per_batch=300, test=100)
-    with env_with_worker("sqlite", tmp_path_factory.mktemp("progress"), data) as env:
+def test_phases_without_steps_get_a_line_not_a_frozen_bar():
+    out = io.StringIO()
+    view = ProgressView(out, tty=True, epoch_images_per_second=80.0)
+    phased = lambda phase, **kw: {**job_dict(**kw), "progress": {**job_dict(**kw)["progress"], "phase": phase}}  # noqa: E731
+    view.update(phased("compiling", step=0))
+    view.update(phased("training", step=50, loss=2.0))
+    view.update(phased("training", step=50, epoch=1, loss=1.8))
+    view.update(phased("evaluating", step=100, epoch=2, loss=1.8))
+    view.finish(job_dict(status="succeeded", epoch=2, step=100, loss=1.5, accuracy=0.5))
+    lines = out.getvalue().split("\n")
+    assert lines[0] == "abcd1234: running: compiling, epoch 1/2, step 0/100"  # no rate, no ETA
+    assert "epoch 1/2 [############------------] 50/100" in lines[1]
+    assert "epoch 2/2 [############------------] 50/100" in lines[2]
+    assert lines[3] == "abcd1234: running: evaluating, epoch 2/2, step 100/100, loss 1.800"
+    assert lines[4] == "abcd1234: succeeded, epoch 2/2, step 100/100, loss 1.500, test accuracy 50.0%"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def worker_env(request, tmp_path_factory):
+    data = write_cifar10(tmp_path_factory.mktemp("cifar-6000"), train_per_batch=1200, test=100)
+    env, cleanup = make_env(request.param, tmp_path_factory.mktemp(f"progress-{request.param}"), data)
+    # Every job compiles its step first, as a default-length job does, so that the terminal shows
+    # that phase; one inductor cache for the session: only the first compile is a cold one.
+    env.vars.update(CIFARQ_CPU_COMPILE="always", TORCHINDUCTOR_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "inductor"))
+    try:
+        env.start_worker()
         yield env
+    finally:
+        env.stop_workers()
+        cleanup()
 
 
 def run_on_a_terminal(env, *args) -> tuple[int, str, str]:
@@ -105,8 +131,25 @@ def test_wait_draws_bars_on_a_terminal_and_keeps_json_clean(worker_env):
     assert code == 0, stderr
     assert json.loads(stdout)["status"] == "succeeded", "stdout holds the JSON only"
     assert "\r\x1b[2K" in stderr, "redrawn in place"
-    assert "epoch 1/3 [" in stderr and "/750" in stderr and "images/s" in stderr and "ETA" in stderr
-    assert stderr.rstrip().splitlines()[-1].startswith(f"{job_id}: succeeded, epoch 3/3, step 750/750")
+    assert "epoch 1/3 [" in stderr and "/3000" in stderr and "images/s" in stderr and "ETA" in stderr
+    assert stderr.rstrip().splitlines()[-1].startswith(f"{job_id}: succeeded, epoch 3/3, step 3000/3000")
+    # The compile (seconds, even from the cache) is a phase of its own on the terminal; the short
+    # phases may pass between two polls. Whatever was seen came in the order the job goes.
+    assert f"{job_id}: running: compiling, epoch 1/3" in stderr
+    order = ["loading data", "compiling", "evaluating"]
+    seen = [phase for phase in order if f"running: {phase}" in stderr]
+    assert seen == sorted(seen, key=order.index)
+    status = worker_env.cli_json("status", job_id)
+    assert status["progress"]["phase"] is None and status["progress"]["compile_seconds"] > 0
+    # The bar's images/s (from heartbeats) and the log's (per epoch) measure the same thing.
+    import re
+    import statistics
+
+    bar_rates = [float(r.replace(",", "")) for r in re.findall(r"([\d,]+) images/s", stderr)]
+    log_rates = [float(r) for r in re.findall(r"^epoch \d/3: .* (\d+) images/s$", worker_env.cli("logs", job_id).stdout, re.M)]
+    assert len(log_rates) == 3 and bar_rates
+    ratio = statistics.median(bar_rates) / statistics.median(log_rates)
+    assert 2 / 3 < ratio < 3 / 2, (bar_rates, log_rates)
 
 
 def test_wait_and_follow_print_plain_lines_when_not_a_terminal(worker_env):
@@ -119,7 +162,7 @@ def test_wait_and_follow_print_plain_lines_when_not_a_terminal(worker_env):
     assert running, waited.stderr
     assert any("images/s, ETA" in line for line in running), waited.stderr
     assert len(set(lines)) == len(lines), "a line only when the recorded progress changed"
-    assert lines[-1].startswith(f"{job_id}: succeeded, epoch 3/3, step 750/750, loss ")
+    assert lines[-1].startswith(f"{job_id}: succeeded, epoch 3/3, step 3000/3000, loss ")
 
     followed = worker_env.cli("status", job_id, "--follow", "--json")
     assert json.loads(followed.stdout)["status"] == "succeeded"

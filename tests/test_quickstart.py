@@ -50,6 +50,10 @@ def fresh(tmp_path_factory, small_cifar):
                # pip's byte-compiling of torch's thousands of files is most of a minute on 2 cores;
                # Python compiles what it imports anyway. The script itself runs unchanged.
                PIP_NO_COMPILE="1")
+    # The path a host without a GPU takes: torch's pins from another index first. PyTorch's CPU
+    # index cannot be reached from here, so PyPI's own stands in: this shows that the pins are read
+    # and installed from the given index, and that the rest installs after them.
+    env["TORCH_INDEX_URL"] = "https://pypi.org/simple"
     yield checkout, home, env
     state = home / "local-worker.json"
     if state.exists():  # a failed test must not leave a worker behind
@@ -87,6 +91,8 @@ def test_quickstart_from_a_fresh_checkout(fresh):
     assert [row[0] for row in class_rows] == ["airplane", "automobile", "bird", "cat", "deer",
                                               "dog", "frog", "horse", "ship", "truck"]
     assert "stop it with: cifarq local stop" in run.stderr
+    # The report extra came with it: `cifarq report` works in the quick start's venv.
+    subprocess.run([str(checkout / ".venv/bin/python"), "-c", "import matplotlib"], check=True)
     assert re.search(r"succeeded, epoch 2/2", run.stderr)
 
     # What was recorded, read back through the CLI of the fresh venv.

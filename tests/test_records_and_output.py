@@ -48,12 +48,38 @@ def test_an_epoch_write_retried_after_its_reply_was_lost_does_not_fail_the_job(e
         assert session.scalar(select(func.count()).select_from(EpochMetric).where(EpochMetric.job_id == job_id)) == 1
 
 
+def test_a_delivery_takes_over_a_running_job_whose_heartbeat_is_stale(env, database):
+    # A message delivered again (Redis's visibility timeout, a reaper's re-send) for a job whose
+    # worker went silent: the claim compares the stored heartbeat with the database's clock.
+    # SQLite hands back naive datetimes; ORM "evaluate" syncing once raised a TypeError here.
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from shared.clock import database_now
+    from shared.models import Job
+    from worker.records import claim_job
+
+    job_id = env.submit_train("--epochs", "1")
+    with database.session_scope() as session:
+        first = claim_job(session=session, job_id=job_id, worker="w1", stale_after=60, max_attempts=3)
+    with database.session_scope() as session:
+        assert claim_job(session=session, job_id=job_id, worker="w2", stale_after=60, max_attempts=3) is None
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(heartbeat_at=database_now(session) - timedelta(minutes=10)))
+    with database.session_scope() as session:
+        second = claim_job(session=session, job_id=job_id, worker="w2", stale_after=60, max_attempts=3)
+    assert first is not None and second is not None and second.attempt == 2 and second.token != first.token
+    status = env.cli_json("status", job_id)
+    assert status["worker"] == "w2" and status["attempts"] == 2 and status["progress"]["phase"] == "loading data"
+
+
 def test_a_queued_cancel_is_final_with_its_finish_time(env):
     job_id = env.submit_train("--epochs", "1")
     status = env.cli_json("cancel", job_id)
     assert status["status"] == "cancelled" and status["finished_at"] is not None
     again = env.cli("cancel", job_id, check=False)
-    assert again.returncode == 1 and again.stderr == f"error: job {job_id} is already cancelled\n"
+    assert again.returncode == 1 and again.stderr == f"error: job {job_id} has already ended (cancelled): nothing to cancel\n"
 
 
 # PostgreSQL keeps a NaN; SQLite stores it as NULL, so there is nothing to replace there.

@@ -58,8 +58,12 @@ def test_report_writes_real_pngs_and_a_self_contained_page(backend_env, trained,
     assert f"{100 * results['accuracy']:.1f}%" in page and "airplane" in page and "lr" in page
     assert "http" not in page.replace("http-equiv", ""), "self-contained: nothing to fetch"
 
-    # The accuracy curve has the evaluation of epoch 1 besides the job's own last epoch.
+    # The loss at every logged step (200 images at batch 4: 50 steps an epoch, a line every 10
+    # over 8 epochs), and the accuracy curve has the evaluation of epoch 1 besides the last epoch.
     assert env.cli_json("results", early)["total"] == 100
+    caption = re.search(r'<p id="curves-caption">([^<]*)</p>', page)[1]
+    assert caption == ("Left: the running loss at 40 logged steps (every 10 mini-batches) and the mean loss of "
+                       "each epoch. Right: test accuracy after epoch 1, 8.")
 
     # Without the data set on the client, the grid is left out with a note; the rest is there.
     bare = env.cli("report", first, "--out", str(tmp_path / "bare"), extra_env={"CIFARQ_DATA_DIR": str(tmp_path)})

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Optional
 
-from shared.celery_app import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
+from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
 from shared.db import session_scope
 from shared.errors import CifarqError
 from shared.liveness import mark_alive

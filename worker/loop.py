@@ -19,6 +19,11 @@ import torch.nn as nn
 from shared.jobspec import TrainConfig
 
 
+# What a running job is doing, in order. `cifarq wait` shows it: a job that compiles its step or
+# evaluates with test-time augmentation is busy for minutes at a time without a step to count.
+PHASES = ("loading data", "compiling", "training", "evaluating")
+
+
 class StopRequested(Exception):
     """Raised at a safe point when the job was cancelled (or the worker is shutting down)."""
 
@@ -27,6 +32,8 @@ class TrainHooks(Protocol):
     """What the loop reports to (the job's record), kept apart so the loop runs without Celery."""
 
     def progress(self, *, epoch: int, step: int, steps_per_epoch: int, loss: Optional[float] = None) -> None: ...
+    def phase(self, name: str) -> None: ...  # PHASES: what the job is doing, for the progress display
+    def compiled(self, seconds: float) -> None: ...  # compile / warm-up time, kept out of the epochs' own
     def log(self, line: str) -> None: ...
     def should_stop(self) -> bool: ...
     def epoch_done(self, *, epoch: int, loss: float, seconds: float, images_per_second: float, lr: float,

@@ -55,7 +55,11 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
                or_(Job.status == JobStatus.queued,
                    and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))))
         .values(status=JobStatus.running, attempts=Job.attempts + 1, attempt_token=token, worker=worker,
-                heartbeat_at=now, started_at=job.started_at or now, error=None, resend_after=None)
+                heartbeat_at=now, started_at=job.started_at or now, error=None, resend_after=None,
+                phase="loading data")
+        # The database decides; the ORM must not re-evaluate the WHERE in Python against the loaded
+        # row (SQLite gives naive datetimes, `stale` is aware: a TypeError, the takeover lost).
+        .execution_options(synchronize_session=False)
     ).rowcount
     return Claim(job_id, token, job.attempts + 1) if claimed == 1 else None
 
@@ -76,6 +80,13 @@ def heartbeat(*, session: Session, claim: Claim, **progress) -> bool:
     """Write progress and the heartbeat; returns whether a cancel was requested."""
     _owned(session, claim, heartbeat_at=database_now(session), **progress)
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id)))
+
+
+def record_provenance(*, session: Session, claim: Claim, provenance: dict) -> None:
+    """What this attempt runs with (shared/provenance.py). It replaces an earlier attempt's: a job
+    resumed on another host shows that host's versions, device and data, not those of the host
+    that trained its first epochs."""
+    _owned(session, claim, provenance=provenance)
 
 
 def add_log_lines(*, session: Session, job_id: str, lines: list[str]) -> None:

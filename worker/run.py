@@ -16,16 +16,18 @@ from typing import Optional
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from shared.cifar_files import META_FILE, TEST_FILES, TRAIN_FILES
 from shared.db import retry_while_unreachable, session_scope
 from shared.errors import CifarqError, first_line
 from shared.jobs import latest_checkpoint
 from shared.jobspec import EvaluateConfig, TrainConfig
 from shared.metrics import accuracy
 from shared.models import Job, JobKind, JobStatus
+from shared.provenance import collect
 from shared.settings import get_settings
 from worker import records
 from worker.checkpoints import load_resume, load_weights_for_evaluation
-from worker.data import load_split
+from worker.data import ensure_cifar10, load_split
 from worker.devices import DeviceUnavailable, describe, resolve_device
 from worker.evaluate import evaluate
 from worker.tensorboard import TensorBoardLog
@@ -58,6 +60,7 @@ class JobRun:
         self._stop = threading.Event()  # cancel requested, or the lease is lost
         self.lease_lost = False
         self._done = threading.Event()
+        self._wake = threading.Event()  # a heartbeat now rather than at the next interval
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.job_id}", daemon=True)
         self.config: dict = {}  # the job's config, saved with every checkpoint
         self.device_name = "the device"
@@ -69,6 +72,7 @@ class JobRun:
 
     def __exit__(self, *exc) -> None:
         self._done.set()
+        self._wake.set()
         self._thread.join()
 
     # -- hooks called by the loop --
@@ -76,6 +80,13 @@ class JobRun:
         self._progress.update(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
         if loss is not None:
             self._progress["loss"] = loss
+
+    def phase(self, name: str) -> None:
+        self._progress["phase"] = name
+        self._wake.set()  # a phase can last minutes: shown now, not at the next heartbeat
+
+    def compiled(self, seconds: float) -> None:
+        self._progress["compile_seconds"] = seconds
 
     def log(self, line: str) -> None:
         log.info("[%s] %s", self.claim.job_id, line)
@@ -121,7 +132,11 @@ class JobRun:
             self._stop.set()
 
     def _beat(self) -> None:
-        while not self._done.wait(self._interval):
+        while not self._done.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._done.is_set():
+                return
             try:
                 self.flush()
             except records.LeaseLost:
@@ -237,8 +252,21 @@ def _start_on_device(run: JobRun, requested: str) -> torch.device:
     return device
 
 
+def _record_provenance(run: JobRun, device: torch.device, data_dir: Path, data_files: list[str]) -> None:
+    """Versions, device and a digest of the data files the job is about to read, on every
+    attempt (records.record_provenance: a resumed job shows the host that finished it)."""
+    where = str(device)
+    if device.type == "cuda":  # "cuda:0 (NVIDIA H200)": the index among the GPUs this worker sees
+        where = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()} ({run.device_name})"
+    provenance = collect(torch_version=torch.__version__, cuda=torch.version.cuda, device=where,
+                         data_folder=ensure_cifar10(data_dir), data_files=data_files)
+    with session_scope() as session:
+        records.record_provenance(session=session, claim=run.claim, provenance=provenance)
+
+
 def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
     device = _start_on_device(run, config.device)
+    _record_provenance(run, device, data_dir, [*TRAIN_FILES, *TEST_FILES, META_FILE])
     run.config = config.model_dump()
     with session_scope() as session:
         checkpoint = latest_checkpoint(session=session, job_id=run.claim.job_id)
@@ -264,12 +292,14 @@ def _run_evaluate(run: JobRun, config: EvaluateConfig, data_dir: Path) -> None:
         model, checkpoint_id, description = load_weights_for_evaluation(session=session, job_id=run.claim.job_id,
                                                                         config=config)
     run.log(f"evaluating {description}")
+    _record_provenance(run, device, data_dir, [*TEST_FILES, META_FILE])
     _record_evaluation(run, model.to(device), device, data_dir, checkpoint_id=checkpoint_id,
                        batch_size=config.batch_size)
 
 
 def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
                        checkpoint_id: Optional[int] = None, batch_size: int = 1000) -> float:
+    run.phase("evaluating")
     test_set = load_split(data_dir, train=False)
     result = evaluate(model, test_set, device=device, batch_size=batch_size)
     run.log(f"Accuracy of the network on the {result.total} test images: {100 * result.accuracy:.1f} %")

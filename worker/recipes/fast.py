@@ -90,8 +90,10 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
         torch.backends.cudnn.benchmark = True  # one shape all along: the fastest kernels are picked once
     compile_seconds = 0.0
     train_seconds = 0.0
+    hooks.phase("training")
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
+        warm_up = 0.0  # the first step's kernel selection: kept out of this epoch's images/s
         timer = DeviceTimer(device)
         model.train()
         model.whiten.bias.requires_grad_(epoch < FAST_HYP["whiten_bias_epochs"])
@@ -117,7 +119,8 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
             if global_step == 0:  # the first step builds kernels / cuDNN plans: timed apart
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                compile_seconds = time.perf_counter() - step_started
+                compile_seconds = warm_up = time.perf_counter() - step_started
+                hooks.compiled(compile_seconds)
             # The mean loss of the epoch so far (read from the device only at log points).
             window = loss_sum.item() / (step + 1) if (step + 1) % config.log_every == 0 else None
             report_step(hooks, epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
@@ -127,7 +130,7 @@ def train_fast(config: TrainConfig, *, data_dir: Path, device: torch.device, hoo
         # The rate the epoch ended with, per 1024 examples as --lr gives it (TensorBoard's train/lr).
         lr = config.lr * triangle((epoch + 1) * steps_per_epoch / total_steps)
         end_epoch(hooks, config, epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
-                  loss=loss_sum.item() / steps_per_epoch, seconds=time.perf_counter() - epoch_started,
+                  loss=loss_sum.item() / steps_per_epoch, seconds=time.perf_counter() - epoch_started - warm_up,
                   images=steps_per_epoch * batch_size, lr=lr, model=model,
                   optimizer_state={"sgd": optimizer.state_dict(), "lookahead": lookahead})
     hooks.log(f"timing: data loading {data_seconds:.1f} s; first step (kernel selection, warm-up) "
