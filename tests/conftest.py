@@ -97,7 +97,8 @@ class Env:
         one call a second under load: give the job enough epochs to be caught running)."""
         def trained(s: dict) -> bool:
             progress = s.get("progress") or {}
-            done = progress.get("epoch", 0) * progress.get("steps_per_epoch", 0) + progress.get("step", 0)
+            epoch, per_epoch, step = (progress.get(key) or 0 for key in ("epoch", "steps_per_epoch", "step"))
+            done = epoch * per_epoch + step  # None before the first heartbeat with steps
             assert s["status"] in ("queued", "running"), f"job {job_id} ended before the test caught it: {s}"
             return s["status"] == "running" and done >= steps
         return self.wait_for(job_id, trained, timeout=timeout, what=f"{steps} steps of training")
