@@ -3,7 +3,7 @@
 usage: python bench/followers.py [--followers 50] [--rounds 2] [--backend sqlite|postgres] [--out FILE.json]
 
 The real CLI and a real `cifarq worker`, in a fresh CIFARQ_HOME, on a generated data set of
-10,000 training images (tests/fakedata.write_cifar10), the tutorial recipe for 3 epochs. A round
+10,000 training images (tests/fakedata.write_cifar10), the tutorial recipe for 6 epochs. A round
 submits the job with no worker running; with followers, N `cifarq wait ID` processes start and
 are given time to finish importing (each then reads the job row once a second, api_cli/jobs_cmd.py
 POLL_SECONDS); then the worker starts and the job runs. The figure is the job's own training time,
@@ -34,7 +34,7 @@ from bench.common import machine  # noqa: E402
 from bench.queue_latency import cli, start_worker, stop_worker  # noqa: E402
 from tests.fakedata import write_cifar10  # noqa: E402
 
-JOB = ["--epochs", "3", "--lr", "0.005", "--log-every", "1000", "--device", "cpu", "--json"]
+JOB = ["--epochs", "6", "--lr", "0.005", "--log-every", "1000", "--device", "cpu", "--json"]
 PG_ADMIN = os.environ.get("CIFARQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SETTLE_SECONDS = 20.0  # N processes importing the CLI on 2 cores: done well within this
 
@@ -42,8 +42,8 @@ SETTLE_SECONDS = 20.0  # N processes importing the CLI on 2 cores: done well wit
 def epoch_seconds(env: dict, job_id: str) -> float:
     log = cli(env, "logs", job_id)[0].stdout
     seconds = [float(s) for s in re.findall(r"^epoch \d+/\d+: loss [\d.]+, ([\d.]+) s,", log, re.M)]
-    if len(seconds) != 3:
-        raise SystemExit(f"job {job_id}: expected 3 epoch lines in its log:\n{log}")
+    if len(seconds) != 6:
+        raise SystemExit(f"job {job_id}: expected 6 epoch lines in its log:\n{log}")
     return sum(seconds)
 
 
