@@ -260,8 +260,13 @@ def _record_provenance(run: JobRun, device: torch.device, data_dir: Path, data_f
         where = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()} ({run.device_name})"
     provenance = collect(torch_version=torch.__version__, cuda=torch.version.cuda, device=where,
                          data_folder=ensure_cifar10(data_dir), data_files=data_files)
-    with session_scope() as session:
-        records.record_provenance(session=session, claim=run.claim, provenance=provenance)
+
+    def write() -> None:
+        with session_scope() as session:
+            records.record_provenance(session=session, claim=run.claim, provenance=provenance)
+
+    # As the epochs' writes: a database restarting now delays the job, it does not fail it.
+    retry_while_unreachable(write, what=f"provenance of job {run.claim.job_id}")
 
 
 def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
