@@ -71,9 +71,15 @@ class JobRun:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop_heartbeat()
+
+    def stop_heartbeat(self) -> None:
+        """Before the job's last write: a heartbeat landing after it would find the job finished
+        and take that for a lost lease (the job recorded succeeded, this attempt saying otherwise)."""
         self._done.set()
         self._wake.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     # -- hooks called by the loop --
     def progress(self, *, epoch: int, step: int, steps_per_epoch: int, loss: Optional[float] = None) -> None:
@@ -311,6 +317,8 @@ def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
     for i, name in enumerate(result.classes):
         row = result.confusion[i]
         run.log(f"Accuracy for class: {name:5s} is {100 * accuracy(row[i], sum(row)):.1f} %")
+    run.stop_heartbeat()
+
     def write() -> None:
         run.flush()
         with session_scope() as session:
