@@ -196,12 +196,13 @@ def status_(json_output: JsonOption = False) -> None:
 
 # --------------------------------------------------------------------------- cifarq run
 
-def _consumers(queue: str) -> list:
+def _consumers(queue: str) -> list[tuple[str, int, str]]:
+    """(name, pid, host) of each live worker that consumes `queue`."""
     from shared.db import session_scope
     from shared.registry import live_workers
 
     with session_scope() as session:
-        return [(w.name, w.pid, w.host, w.queues) for w in live_workers(session=session, queue=queue)]
+        return [(w.name, w.pid, w.host) for w in live_workers(session=session, queue=queue)]
 
 
 def _local_queues(state: dict) -> str:
@@ -229,7 +230,7 @@ def _ensure_worker(queue: str) -> None:
         _check_same_backends(local)
     consumers = _consumers(queue)
     here = socket.gethostname()
-    if local is not None and any(pid == local["pid"] and host == here for _, pid, host, _ in consumers):
+    if local is not None and any(pid == local["pid"] and host == here for _, pid, host in consumers):
         say(f"using the local worker (pid {local['pid']}); stop it with: cifarq local stop")
         return
     if consumers:
