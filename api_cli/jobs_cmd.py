@@ -68,6 +68,8 @@ def status(
             *provenance_rows(job["provenance"], device=False)]  # what ran: versions, data digest
     if job["sweep_id"]:
         rows.append(("sweep", job["sweep_id"]))
+    if job["pack_id"]:
+        rows.append(("pack", pack_line(job)))
     if job["error"]:
         rows.append(("error", job["error"]))
     if queued and not job["live_consumers"]:
@@ -76,6 +78,20 @@ def status(
         rows.append(("waiting", nobody_serves(job["queue"])))
     for key, value in rows:
         typer.echo(f"{key:9s} {value}")
+
+
+def pack_line(job: dict) -> str:
+    """'5b1c07d2e9f0a3b4 (trained with 7 other points)': the pack a sweep point was queued in, and
+    how its current or last attempt ran (a point resumed after a worker died may run alone)."""
+    together = job["packed_with"]
+    if together:
+        verb = "training" if job["status"] == JobStatus.running.value else "trained"
+        how = f"{verb} with {together - 1} other point{'s' if together > 2 else ''}"
+    elif job["status"] == JobStatus.queued.value or job["started_at"] is None:
+        how = "queued packed"
+    else:
+        how = "ran alone"
+    return f"{job['pack_id']} ({how})"
 
 
 def _follow(job_id: str, deadline: Optional[float] = None) -> dict:

@@ -141,21 +141,28 @@ def parse_checkpoint_ref(ref: str) -> tuple[str, Optional[int]]:
     return job_id, int(epoch)
 
 
+def queue_of(config: Any, queue: Optional[str]) -> str:
+    """The queue a job goes to: the one given, checked, or the one its device implies."""
+    from shared.states import queue_for_device
+
+    queue = queue or queue_for_device(config.device)
+    if not QUEUE_NAME.match(queue):
+        raise CifarqError(f"invalid --queue {shown(queue)}: up to 64 letters, digits and . _ - :, "
+                          "starting with a letter or digit")
+    return queue
+
+
 def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[bytes] = None,
            sweep_id: Optional[str] = None) -> str:
     """The job row is written (status queued, owing its message) before the message is sent: a
     worker that takes the message always finds its row; a message that cannot be sent takes the
     row back; a submitter killed in between leaves the debt to a reaper (shared/jobs.py)."""
     from shared.celery_app import send_job
-    from shared.states import queue_for_device
     from shared.db import session_scope
     from shared.jobs import create_job, delete_job, message_sent, store_uploaded_weights
     from shared.settings import get_settings, redact_url
 
-    queue = queue or queue_for_device(config.device)
-    if not QUEUE_NAME.match(queue):
-        raise CifarqError(f"invalid --queue {shown(queue)}: up to 64 letters, digits and . _ - :, "
-                          "starting with a letter or digit")
+    queue = queue_of(config, queue)
     with session_scope() as session:
         job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue, sweep_id=sweep_id)
         if upload is not None:
@@ -176,6 +183,39 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
         pass
     _warn_if_no_worker_consumes(queue)
     return job_id
+
+
+def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack_id: str) -> list[str]:
+    """The points of a pack: their rows in one transaction (each owing its message), then one
+    message for them all. A pack that cannot be sent takes all its rows back; a point whose
+    debt a reaper pays later runs alone (shared/jobs.py), which is correct, only not packed."""
+    from shared.celery_app import send_pack
+    from shared.db import session_scope
+    from shared.jobs import create_job, delete_job, message_sent
+    from shared.settings import get_settings, redact_url
+
+    queue = queue_of(configs[0], queue)
+    with session_scope() as session:
+        jobs = [create_job(session=session, kind=JobKind.train, params=config.model_dump(), queue=queue,
+                           sweep_id=sweep_id, pack_id=pack_id) for config in configs]
+        leases = [(job.id, job.resend_after) for job in jobs]
+    job_ids = [job_id for job_id, _ in leases]
+    try:
+        send_pack(job_ids, queue)
+    except Exception as exc:
+        with session_scope() as session:
+            for job_id in job_ids:
+                delete_job(session=session, job_id=job_id)
+        broker = redact_url(get_settings().broker)
+        raise CifarqError(f"broker unreachable at {broker}: {exc}; nothing was queued") from exc
+    try:
+        with session_scope() as session:
+            for job_id, lease in leases:
+                message_sent(session=session, job_id=job_id, lease=lease)
+    except Exception:  # sent; a reaper's second message for a point is harmless
+        pass
+    _warn_if_no_worker_consumes(queue)
+    return job_ids
 
 
 @functools.cache  # once per queue and process: a sweep sends many jobs to one queue

@@ -13,6 +13,7 @@ import typer
 from api_cli.options import DeviceOption, JsonOption, QueueOption
 from api_cli.output import print_json, print_table, say
 from shared.errors import CifarqError
+from shared.recipes import PACK_SIZE
 
 # The knobs a sweep can vary, in the order of the grid (and of the columns of `list --sweep`).
 SWEPT = ("lr", "width", "batch_size", "momentum", "seed", "epochs")
@@ -46,6 +47,15 @@ def sweep(
     log_every: Annotated[Optional[int], typer.Option(help="Mini-batches between log lines (every job).")] = None,
     device: DeviceOption = "auto",
     queue: QueueOption = None,
+    pack: Annotated[bool, typer.Option(
+        "--pack/--no-pack",
+        help="Train the points that share a width, batch size and epochs together, as one batched model "
+             "on one worker (each point stays its own job); --no-pack sends each job on its own.")] = True,
+    pack_size: Annotated[Optional[int], typer.Option(
+        min=1, max=MAX_JOBS, show_default=False,
+        help=f"The most points per pack (default by device: cpu {PACK_SIZE['cpu']}, i.e. not packed: it did not "
+             f"pay on a 2-core CPU; cuda {PACK_SIZE['cuda']}; auto: cuda's when a live worker of the queue "
+             f"has a GPU).")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Queue a grid of train jobs: every combination of the comma-separated values, as one sweep.
@@ -54,7 +64,7 @@ def sweep(
 
     Example: cifarq submit sweep --lr 0.01,0.001 --width 6,32 --epochs 5
     """
-    from api_cli.submit_cmd import submit
+    from api_cli.submit_cmd import queue_of, submit, submit_pack
     from shared.jobspec import TrainConfig, parse_config
     from shared.states import JobKind, JobStatus
 
@@ -75,19 +85,63 @@ def sweep(
     configs = [parse_config(TrainConfig, {**fixed, **dict(zip(grid, combination))})
                for combination in itertools.product(*grid.values())]
 
+    queue = queue_of(configs[0], queue)
+    groups = packs(configs, pack_size or default_pack_size(device, queue)) if pack else [[c] for c in configs]
+
     sweep_id = uuid.uuid4().hex[:16]
-    job_ids: list[str] = []
-    for config in configs:
+    queued: dict[int, str] = {}  # id(config) -> job id
+    for group in groups:
         try:
-            job_ids.append(submit(JobKind.train, config, queue, sweep_id=sweep_id))
+            if len(group) == 1:
+                ids = [submit(JobKind.train, group[0], queue, sweep_id=sweep_id)]
+            else:
+                ids = submit_pack(group, queue, sweep_id=sweep_id, pack_id=uuid.uuid4().hex[:16])
         except CifarqError as exc:
-            if not job_ids:
+            if not queued:
                 raise
-            raise CifarqError(f"{exc} (sweep {sweep_id}: {len(job_ids)} of {len(configs)} jobs were queued "
+            raise CifarqError(f"{exc} (sweep {sweep_id}: {len(queued)} of {len(configs)} jobs were queued "
                               f"before this; cancel them or queue the rest)") from exc
+        queued.update(zip(map(id, group), ids))
+    job_ids = [queued[id(c)] for c in configs]  # in the grid's order, whatever the packs
     if json_output:
         print_json({"sweep": sweep_id, "jobs": [{"id": i, "status": JobStatus.queued.value} for i in job_ids]})
         return
     varied = list(grid)
     print_table(["id", *varied], [[i, *(c.model_dump()[name] for name in varied)] for i, c in zip(job_ids, configs)])
-    say(f"sweep {sweep_id}: {len(job_ids)} jobs queued; rank them with: cifarq compare --sweep {sweep_id}")
+    packed = [g for g in groups if len(g) > 1]
+    how = (f", {sum(map(len, packed))} of them in {len(packed)} pack{'s' if len(packed) > 1 else ''} "
+           f"trained together" if packed else "")
+    say(f"sweep {sweep_id}: {len(job_ids)} jobs queued{how}; rank them with: cifarq compare --sweep {sweep_id}")
+
+
+def packs(configs: list, size: int) -> list[list]:
+    """The points that share a shape (shared/jobspec.py: pack_shape), in the grid's order,
+    cut into packs of at most `size`, as even as that allows (9 points at 8: 5 and 4, not 8 and 1)."""
+    from shared.jobspec import pack_shape
+
+    by_shape: dict[tuple, list] = {}
+    for config in configs:
+        by_shape.setdefault(pack_shape(config) or (id(config),), []).append(config)
+    groups = []
+    for members in by_shape.values():
+        count = -(-len(members) // size)  # ceil
+        base, extra = divmod(len(members), count)
+        start = 0
+        for i in range(count):
+            end = start + base + (1 if i < extra else 0)
+            groups.append(members[start:end])
+            start = end
+    return groups
+
+
+def default_pack_size(device: str, queue: str) -> int:
+    """PACK_SIZE of the device the points will run on; for auto, cuda's when a live worker
+    that consumes the queue has a GPU, the CPU's otherwise."""
+    if device != "auto":
+        return PACK_SIZE["cpu" if device == "cpu" else "cuda"]
+    from shared.db import session_scope
+    from shared.registry import live_workers
+
+    with session_scope() as session:
+        devices = {w.device for w in live_workers(session=session, queue=queue)}
+    return PACK_SIZE["cuda" if "cuda" in devices else "cpu"]

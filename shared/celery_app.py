@@ -13,7 +13,8 @@ from kombu import Queue
 from shared.settings import get_settings
 from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
 
-RUN_JOB_TASK = "cifarq.run_job"  # the one task (worker/tasks.py)
+RUN_JOB_TASK = "cifarq.run_job"  # one job (worker/tasks.py)
+RUN_PACK_TASK = "cifarq.run_pack"  # the points of a packed sweep, trained together (worker/tasks.py)
 
 
 def make_app() -> Celery:
@@ -65,15 +66,18 @@ def get_app() -> Celery:
     return make_app()
 
 
+_SEND_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+
 def send_job(job_id: str, queue: str) -> None:
     """Publish one job message. Fails fast (no endless retry) when the broker is down."""
-    get_app().send_task(
-        RUN_JOB_TASK,
-        args=[job_id],
-        queue=queue,
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
-    )
+    get_app().send_task(RUN_JOB_TASK, args=[job_id], queue=queue, retry=True, retry_policy=_SEND_RETRY)
+
+
+def send_pack(job_ids: list[str], queue: str) -> None:
+    """Publish one message for the points of a pack: one worker takes them all. Each point is a
+    job of its own all the same; a reaper re-sends an owed point on its own (run_job)."""
+    get_app().send_task(RUN_PACK_TASK, args=[job_ids], queue=queue, retry=True, retry_policy=_SEND_RETRY)
 
 
 def __getattr__(name: str):

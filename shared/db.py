@@ -26,7 +26,7 @@ log = logging.getLogger("cifarq.db")
 T = TypeVar("T")
 
 # The newest migration; a test checks it against Alembic's head.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 @functools.cache

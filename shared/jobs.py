@@ -36,10 +36,10 @@ def _lease_end(session: Session) -> datetime:
 
 
 def create_job(*, session: Session, kind: JobKind, params: dict[str, Any], queue: str,
-               sweep_id: Optional[str] = None) -> Job:
+               sweep_id: Optional[str] = None, pack_id: Optional[str] = None) -> Job:
     """A queued job that owes its first message, leased to the submitter who sends it."""
     job = Job(kind=kind, status=JobStatus.queued, params=params, queue=queue, sweep_id=sweep_id,
-              resend_after=_lease_end(session))
+              pack_id=pack_id, resend_after=_lease_end(session))
     session.add(job)
     session.flush()
     return job
@@ -162,6 +162,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "heartbeat_at": iso(job.heartbeat_at),
         "sweep_id": job.sweep_id,
+        "pack_id": job.pack_id,  # the pack it was queued in (packed sweeps); None otherwise
+        "packed_with": job.packed_with,  # points its attempt trained together, itself included; None: alone
         "provenance": job.provenance,  # what ran, by the last attempt (shared/provenance.py); None before
     }
 

@@ -83,6 +83,14 @@ class TrainConfig(_Config):
         return value
 
 
+def pack_shape(config: TrainConfig) -> Optional[tuple]:
+    """What the points of one pack share (packed sweeps: worker/recipes/packed.py); lr, momentum,
+    seed and log_every may differ from point to point. None: a recipe that is never packed."""
+    if config.recipe != "tutorial":
+        return None
+    return (config.recipe, config.width, config.batch_size, config.epochs, config.device)
+
+
 class EvaluateConfig(_Config):
     """Test-set evaluation of a stored checkpoint or of an uploaded state dict."""
 

@@ -76,6 +76,11 @@ class Job(Base):
     # (or its first step to warm up), which its epochs' images/s leave out.
     phase: Mapped[Optional[str]] = mapped_column(String(32))
     compile_seconds: Mapped[Optional[float]] = mapped_column(Float)
+    # Packed sweeps (worker/run_pack.py): the pack the job was queued in (its points reach a
+    # worker as one delivery and train as one batched model), and how many points the current
+    # or last attempt trained together, itself included; None when it ran alone.
+    pack_id: Mapped[Optional[str]] = mapped_column(String(32), index=True)
+    packed_with: Mapped[Optional[int]]
 
     epochs: Mapped[list["EpochMetric"]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"

@@ -13,6 +13,12 @@ RECIPE_DEFAULTS: dict[str, dict] = {
                  label_smoothing=0.2, tta_level=2),
 }
 FAST_ONLY = ("label_smoothing", "tta_level")
+# Packed sweeps: the most points trained together as one batched model, per device (`submit sweep
+# --pack-size` overrides). cpu: 1, i.e. not packed, by measurement: on 2 cores an 8-point pack
+# took 204 s against 193 s for its points one by one (docs/benchmarks.md, "Packed sweeps"); the
+# batch-4 step is bound by arithmetic there, not by per-op overhead. cuda: where packing pays,
+# a step being bound by kernel launches; 64 is the size the design aims at, not yet measured.
+PACK_SIZE = {"cpu": 1, "cuda": 64}
 DEFAULT_RECIPE = "tutorial"
 DEFAULT_SEED = 0
 

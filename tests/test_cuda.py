@@ -82,3 +82,19 @@ def test_a_job_through_the_queue_runs_on_the_gpu(tmp_path, small_cifar):
         evaluated = env.cli_json("submit", "evaluate", "--checkpoint", job_id)["id"]
         assert env.cli("wait", evaluated, "--timeout", "300", check=False).returncode == 0
         assert env.cli_json("results", evaluated)["confusion_matrix"] == results["confusion_matrix"]
+
+
+def test_a_pack_replays_its_captured_step_and_matches_each_points_cpu_job(data_dir):
+    # Batch 3 over 200 images: the pack's captured step, then its short last batch eagerly.
+    from worker.recipes.packed import PackPoint, train_packed
+
+    configs = [TrainConfig(epochs=2, batch_size=3, lr=lr, seed=seed, log_every=20, device="cuda")
+               for lr, seed in ((0.01, 5), (0.002, 6), (0.005, 7))]
+    points = [PackPoint(config, Recorder()) for config in configs]
+    left = []
+    finished = train_packed(points, data_dir=data_dir, device=CUDA, on_leave=lambda p, exc: left.append(exc))
+    assert left == [] and finished == points
+    for config, point in zip(configs, points):
+        assert not any("capture failed" in line for line in point.hooks.lines), point.hooks.lines
+        reference = reference_loop(config, load_split(data_dir, train=True), epochs=2)  # autograd, on the CPU
+        assert max_difference(point.model.cpu(), reference) < 1e-4

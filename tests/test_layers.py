@@ -21,9 +21,11 @@ WORKER_LAYERS = [  # each may import only from the layers before it (and shared/
     {"worker.model", "worker.data", "worker.devices", "worker.gpu_lease", "worker.tensorboard"},
     {"worker.loop", "worker.evaluate", "worker.records"},
     {"worker.recipes", "worker.recipes.tutorial_step"},
-    {"worker.recipes.tutorial", "worker.recipes.fast"},
+    {"worker.recipes.tutorial", "worker.recipes.fast", "worker.recipes.packed_step"},
+    {"worker.recipes.packed"},
     {"worker.train", "worker.checkpoints", "worker.launcher"},
     {"worker.run"},
+    {"worker.run_pack"},
     {"worker.tasks"},
     {"worker"},
 ]

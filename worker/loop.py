@@ -9,6 +9,7 @@ nothing else from worker/.
 from __future__ import annotations
 
 import io
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Protocol
@@ -16,6 +17,7 @@ from typing import Optional, Protocol
 import torch
 import torch.nn as nn
 
+from shared.errors import CifarqError
 from shared.jobspec import TrainConfig
 
 
@@ -26,6 +28,18 @@ PHASES = ("loading data", "compiling", "training", "evaluating")
 
 class StopRequested(Exception):
     """Raised at a safe point when the job was cancelled (or the worker is shutting down)."""
+
+
+class Diverged(CifarqError):
+    """The loss is NaN or infinite: nothing the job trains from here on means anything."""
+
+
+def check_finite(loss: float, *, epoch: int, step: int, lr: float) -> None:
+    """Fail the job at the first logged loss that is NaN or infinite (epoch from 0, step from 1),
+    rather than train on and record a 10% model as a success."""
+    if not math.isfinite(loss):
+        raise Diverged(f"diverged: the loss is {loss} in epoch {epoch + 1} at step {step} (lr {lr:g}); "
+                       f"try a smaller --lr")
 
 
 class TrainHooks(Protocol):

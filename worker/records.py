@@ -56,7 +56,7 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
                    and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))))
         .values(status=JobStatus.running, attempts=Job.attempts + 1, attempt_token=token, worker=worker,
                 heartbeat_at=now, started_at=job.started_at or now, error=None, resend_after=None,
-                phase="loading data")
+                phase="loading data", packed_with=None)
         # The database decides; the ORM must not re-evaluate the WHERE in Python against the loaded
         # row (SQLite gives naive datetimes, `stale` is aware: a TypeError, the takeover lost).
         .execution_options(synchronize_session=False)

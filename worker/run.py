@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +32,7 @@ from worker.data import ensure_cifar10, load_split
 from worker.devices import DeviceUnavailable, describe, resolve_device
 from worker.evaluate import evaluate
 from worker.tensorboard import TensorBoardLog
-from worker.loop import StopRequested
+from worker.loop import Resume, StopRequested
 from worker.train import train
 
 log = logging.getLogger("cifarq.worker")
@@ -156,50 +157,81 @@ class JobRun:
 WRONG_DEVICE_RESEND_SECONDS = 30.0
 
 
-def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[JobStatus]:
-    """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing."""
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery's claim on a job, with what the job is."""
+
+    claim: records.Claim
+    kind: JobKind
+    params: dict
+    queue: str
+
+
+def claim(job_id: str, worker_name: str) -> Optional[Claimed]:
+    """Take the job for this delivery; None when there is nothing to do (records.claim_job).
+    Raises NotClaimed when the database cannot be reached: the message must be retried."""
     settings = get_settings()
-    worker_name = worker_name or socket.gethostname()
-    SHUTDOWN.clear()  # a CPU worker's process runs many jobs; a stop request is for the job at hand
     try:
         with session_scope() as session:
-            claim = records.claim_job(session=session, job_id=job_id, worker=worker_name,
+            taken = records.claim_job(session=session, job_id=job_id, worker=worker_name,
                                       stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts)
-            job = session.get(Job, job_id)
-            kind, params, queue = (job.kind, job.params, job.queue) if job else (None, None, None)
+            job = session.get(Job, job_id) if taken else None
+            claimed = Claimed(taken, job.kind, job.params, job.queue) if job else None
     except (OperationalError, InterfaceError) as exc:
         raise NotClaimed(job_id) from exc
-    if claim is None:
+    if claimed is None:
         log.info("job %s: nothing to do for this delivery", job_id)
-        return None
+    return claimed
 
-    run = JobRun(claim, settings.heartbeat_seconds)
-    status, error = JobStatus.failed, None
+
+def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[JobStatus]:
+    """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing."""
+    SHUTDOWN.clear()  # a CPU worker's process runs many jobs; a stop request is for the job at hand
+    claimed = claim(job_id, worker_name or socket.gethostname())
+    return run_claimed(claimed) if claimed is not None else None
+
+
+def run_claimed(claimed: Claimed) -> Optional[JobStatus]:
+    """Run a job this delivery claimed, and write how it ended."""
+    settings = get_settings()
+    run = JobRun(claimed.claim, settings.heartbeat_seconds)
     try:
         with run:
-            if kind == JobKind.train:
-                _run_train(run, TrainConfig(**params), settings.data)
+            if claimed.kind == JobKind.train:
+                _run_train(run, TrainConfig(**claimed.params), settings.data)
             else:
-                _run_evaluate(run, EvaluateConfig(**params), settings.data)
-            status = JobStatus.succeeded
-    except StopRequested as exc:
+                _run_evaluate(run, EvaluateConfig(**claimed.params), settings.data)
+    except Exception as exc:  # noqa: BLE001 - every way a job ends is written by conclude()
+        return conclude(run, claimed, exc)
+    return conclude(run, claimed, None)
+
+
+def conclude(run: JobRun, claimed: Claimed, exc: Optional[BaseException]) -> Optional[JobStatus]:
+    """Write how the attempt ended, given the exception that ended it (None: it succeeded, its
+    results already written). Returns the final status written, or None when the job was handed
+    back or another attempt owns it."""
+    job_id = run.claim.job_id
+    status, error = JobStatus.failed, None
+    if exc is None:
+        status = JobStatus.succeeded
+    elif isinstance(exc, StopRequested):
         status, error = JobStatus.cancelled, f"cancelled: {exc}"
-    except DeviceUnavailable as exc:
+    elif isinstance(exc, DeviceUnavailable):
         # Sent to a queue that a worker without the device consumes too: not the job's fault.
         # Back to the queue, re-sent after a pause (a worker that has the device takes it then),
         # so that two such workers do not pass it back and forth in a tight loop.
-        _hand_back(run, f"{exc}; handed back to queue {queue}", resend_in=WRONG_DEVICE_RESEND_SECONDS)
+        _hand_back(run, f"{exc}; handed back to queue {claimed.queue}", resend_in=WRONG_DEVICE_RESEND_SECONDS)
         return None
-    except records.LeaseLost:
+    elif isinstance(exc, records.LeaseLost):
         run.lease_lost = True
-    except CifarqError as exc:
+    elif isinstance(exc, CifarqError):
         error = str(exc)
-    except Exception as exc:
-        if _is_out_of_memory(exc):
-            error = f"out of memory on {run.device_name} at batch size {params.get('batch_size')}: {first_line(exc)}"
-        else:
-            error = f"{type(exc).__name__}: {exc}"
-            run.log(traceback.format_exc())
+    elif _is_out_of_memory(exc):
+        error = (f"out of memory on {run.device_name} at batch size {claimed.params.get('batch_size')}: "
+                 f"{first_line(exc)}")
+    else:
+        error = f"{type(exc).__name__}: {exc}"
+        run.log("".join(traceback.format_exception(exc)))
     if run.lease_lost:
         log.warning("job %s: another attempt owns it now; this one stops without writing", job_id)
         return None
@@ -212,7 +244,7 @@ def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[J
         def write() -> None:
             with session_scope() as session:
                 records.add_log_lines(session=session, job_id=job_id, lines=lines)
-                records.finish(session=session, claim=claim, status=status, error=error)
+                records.finish(session=session, claim=run.claim, status=status, error=error)
 
         try:
             retry_while_unreachable(write, what=f"end of job {job_id}")
@@ -249,24 +281,30 @@ def _cancel_requested(job_id: str) -> bool:
         return bool(session.get(Job, job_id).cancel_requested)
 
 
-def _start_on_device(run: JobRun, requested: str) -> torch.device:
+def start_on_device(run: JobRun, requested: str, **progress) -> torch.device:
     device = resolve_device(requested)
     run.device_name = describe(device)
     with session_scope() as session:
-        records.heartbeat(session=session, claim=run.claim, device=run.device_name)
+        records.heartbeat(session=session, claim=run.claim, device=run.device_name, **progress)
     run.log(f"running on {run.device_name}")
     return device
 
 
 def _record_provenance(run: JobRun, device: torch.device, data_dir: Path, data_files: list[str]) -> None:
+    write_provenance(run, provenance_of(run, device, data_dir, data_files))
+
+
+def provenance_of(run: JobRun, device: torch.device, data_dir: Path, data_files: list[str]) -> dict:
     """Versions, device and a digest of the data files the job is about to read, on every
     attempt (records.record_provenance: a resumed job shows the host that finished it)."""
     where = str(device)
     if device.type == "cuda":  # "cuda:0 (NVIDIA H200)": the index among the GPUs this worker sees
         where = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()} ({run.device_name})"
-    provenance = collect(torch_version=torch.__version__, cuda=torch.version.cuda, device=where,
-                         data_folder=ensure_cifar10(data_dir), data_files=data_files)
+    return collect(torch_version=torch.__version__, cuda=torch.version.cuda, device=where,
+                   data_folder=ensure_cifar10(data_dir), data_files=data_files)
 
+
+def write_provenance(run: JobRun, provenance: dict) -> None:
     def write() -> None:
         with session_scope() as session:
             records.record_provenance(session=session, claim=run.claim, provenance=provenance)
@@ -275,22 +313,26 @@ def _record_provenance(run: JobRun, device: torch.device, data_dir: Path, data_f
     retry_while_unreachable(write, what=f"provenance of job {run.claim.job_id}")
 
 
-def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
-    device = _start_on_device(run, config.device)
-    _record_provenance(run, device, data_dir, [*TRAIN_FILES, *TEST_FILES, META_FILE])
-    run.config = config.model_dump()
+def resume_of(run: JobRun) -> Optional[Resume]:
     with session_scope() as session:
         checkpoint = latest_checkpoint(session=session, job_id=run.claim.job_id)
-        resume = load_resume(checkpoint) if checkpoint is not None else None
+        return load_resume(checkpoint) if checkpoint is not None else None
+
+
+def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
+    device = start_on_device(run, config.device)
+    _record_provenance(run, device, data_dir, [*TRAIN_FILES, *TEST_FILES, META_FILE])
+    run.config = config.model_dump()
+    resume = resume_of(run)
     settings = get_settings()
-    with TensorBoardLog(_safe_path_part(run.claim.job_id), settings.artifacts) as run.tensorboard:
+    with TensorBoardLog(safe_path_part(run.claim.job_id), settings.artifacts) as run.tensorboard:
         model = train(config, data_dir=data_dir, device=device, hooks=run, resume=resume,
                       cpu_compile=settings.cpu_compile)
-        accuracy = _record_evaluation(run, model, device, data_dir)
+        accuracy = record_evaluation(run, model, device, data_dir)
         run.tensorboard.accuracy(config.epochs, accuracy)
 
 
-def _safe_path_part(job_id: str) -> str:
+def safe_path_part(job_id: str) -> str:
     # Ids come from the database; only a plain id may become a folder under the artifacts directory.
     if not re.fullmatch(r"[0-9a-f]{8,32}", job_id):
         raise CifarqError(f"job id {job_id!r} is not a plain id; refusing to use it in a path")
@@ -298,17 +340,17 @@ def _safe_path_part(job_id: str) -> str:
 
 
 def _run_evaluate(run: JobRun, config: EvaluateConfig, data_dir: Path) -> None:
-    device = _start_on_device(run, config.device)
+    device = start_on_device(run, config.device)
     with session_scope() as session:
         model, checkpoint_id, description = load_weights_for_evaluation(session=session, job_id=run.claim.job_id,
                                                                         config=config)
     run.log(f"evaluating {description}")
     _record_provenance(run, device, data_dir, [*TEST_FILES, META_FILE])
-    _record_evaluation(run, model.to(device), device, data_dir, checkpoint_id=checkpoint_id,
+    record_evaluation(run, model.to(device), device, data_dir, checkpoint_id=checkpoint_id,
                        batch_size=config.batch_size)
 
 
-def _record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
+def record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
                        checkpoint_id: Optional[int] = None, batch_size: int = 1000) -> float:
     run.phase("evaluating")
     test_set = load_split(data_dir, train=False)

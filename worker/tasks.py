@@ -18,9 +18,9 @@ import psutil
 import torch  # noqa: F401
 from celery.signals import worker_process_init, worker_shutting_down
 
-from shared.celery_app import RUN_JOB_TASK, get_app
+from shared.celery_app import RUN_JOB_TASK, RUN_PACK_TASK, get_app
 from shared.db import reset_after_fork
-from worker import run
+from worker import run, run_pack
 
 app = get_app()
 
@@ -85,3 +85,12 @@ def run_job(self, job_id: str) -> None:
     # that hook runs, and its own handler for this signal would end the process mid-job.
     signal.signal(HAND_BACK_SIGNAL, lambda _signum, _frame: run.SHUTDOWN.set())
     run.execute_job(job_id, worker_name=self.request.hostname)
+
+
+@app.task(name=RUN_PACK_TASK, bind=True, autoretry_for=(run.NotClaimed,), max_retries=None,
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=False)
+def run_pack_of_jobs(self, job_ids: list[str]) -> None:
+    """The points of a packed sweep, trained together (worker/run_pack.py). A retry after
+    NotClaimed claims again only the points that no attempt owns."""
+    signal.signal(HAND_BACK_SIGNAL, lambda _signum, _frame: run.SHUTDOWN.set())
+    run_pack.execute_pack(job_ids, worker_name=self.request.hostname)

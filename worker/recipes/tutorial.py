@@ -31,7 +31,7 @@ import torch
 from shared.errors import first_line
 from shared.jobspec import TrainConfig
 from worker.data import Split, load_split
-from worker.loop import Resume, TrainHooks, end_epoch, epoch_generator, report_step
+from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_generator, report_step
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
 
@@ -97,8 +97,10 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
             if (step + 1) % config.log_every == 0:  # the tutorial prints every 2000 mini-batches
                 total = loss_sum.item()
                 window, logged_sum = (total - logged_sum) / config.log_every, total
+                check_finite(window, epoch=epoch, step=step + 1, lr=config.lr)
             report_step(hooks, epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch, loss=window)
 
+        check_finite(loss_sum.item(), epoch=epoch, step=steps_per_epoch, lr=config.lr)
         end_epoch(hooks, config, epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
                   loss=loss_sum.item() / steps_per_epoch, seconds=time.perf_counter() - started, images=n,
                   lr=config.lr, model=model, optimizer_state=optimizer.state_dict())
@@ -106,8 +108,9 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
     return model
 
 
-def capture_step(step_fn: TutorialStep, batch_size: int, device: torch.device, hooks: TrainHooks):
+def capture_step(step_fn, batch_size: int, device: torch.device, hooks: TrainHooks, points: Optional[int] = None):
     """The full-batch step captured in a CUDA graph: one replay launches all its kernels.
+    `step_fn` is a TutorialStep, or a PackedStep of `points` points (worker/recipes/packed_step.py).
 
     Returns f(inputs, targets) -> the graph's static loss tensor (valid until the next replay;
     the caller adds it to its sum right away), or None (the loop then runs eagerly) when capture
@@ -115,8 +118,9 @@ def capture_step(step_fn: TutorialStep, batch_size: int, device: torch.device, h
     """
     snapshot = [t.detach().clone() for t in [*step_fn.params, *step_fn.buffers]]
     try:
-        static_x = torch.zeros(3, batch_size, 32, 32, device=device)
-        static_y = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        lead = () if points is None else (points,)
+        static_x = torch.zeros(*lead, 3, batch_size, 32, 32, device=device)
+        static_y = torch.zeros(*lead, batch_size, dtype=torch.int64, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # cuBLAS handles and workspaces are made before capture
@@ -149,7 +153,7 @@ class CompiledStep:
     """The step through torch.compile, compiled at its first call; if that fails (no C++
     compiler after all, an op inductor cannot lower), the step runs eagerly from then on."""
 
-    def __init__(self, step_fn: TutorialStep, hooks: TrainHooks):
+    def __init__(self, step_fn, hooks: TrainHooks):  # a TutorialStep or a PackedStep
         import torch._inductor.config as inductor_config
 
         # Compile in this process rather than in a pool of compiler processes: a job runs in a
@@ -176,14 +180,16 @@ class CompiledStep:
         self.hooks.log(f"step compiled in {time.perf_counter() - started:.1f} s")
         return loss
 
-    def compile_now(self, batch_size: int, device: torch.device) -> float:
+    def compile_now(self, batch_size: int, device: torch.device, points: Optional[int] = None) -> float:
         """Compile on a batch of zeros, then put the weights and momentum back as they were: the
-        first real step runs compiled, and the compile is timed apart from the epochs. Seconds."""
+        first real step runs compiled, and the compile is timed apart from the epochs. Seconds.
+        `points`: the step is a PackedStep of that many points (worker/recipes/packed_step.py)."""
         started = time.perf_counter()
         saved = [t.detach().clone() for t in [*self.eager.params, *self.eager.buffers]]
+        lead = () if points is None else (points,)
         try:
-            self(torch.zeros(3, batch_size, 32, 32, device=device),
-                 torch.zeros(batch_size, dtype=torch.int64, device=device))
+            self(torch.zeros(*lead, 3, batch_size, 32, 32, device=device),
+                 torch.zeros(*lead, batch_size, dtype=torch.int64, device=device))
         finally:
             with torch.no_grad():
                 for t, before in zip([*self.eager.params, *self.eager.buffers], saved):
@@ -191,7 +197,7 @@ class CompiledStep:
         return time.perf_counter() - started
 
 
-def compile_step(step_fn: TutorialStep, hooks: TrainHooks, *, mode: str, steps: int) -> Optional[CompiledStep]:
+def compile_step(step_fn, hooks: TrainHooks, *, mode: str, steps: int) -> Optional[CompiledStep]:
     """The compiled CPU step, or None (eager) where compiling would not pay or cannot work."""
     if mode == "never" or (mode == "auto" and steps < COMPILE_MIN_STEPS):
         return None

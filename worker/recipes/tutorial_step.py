@@ -41,6 +41,12 @@ class TutorialStep:
         if group["weight_decay"] or group["dampening"] or group["nesterov"] or group["maximize"]:
             raise ValueError("TutorialStep does plain SGD with momentum only")
         self.lr, self.momentum = group["lr"], group["momentum"]
+        # The compiled step reads lr and momentum from tensors: a float would be baked into the
+        # graph, and every job of a sweep over lr recompiled (10.5 s each on 2 cores, measured).
+        device = model.conv1.weight.device
+        self.lr_tensor = torch.tensor(self.lr, device=device)
+        self.momentum_tensor = torch.tensor(self.momentum, device=device)
+        self.uses_momentum = bool(self.momentum)
         self.width = model.conv1.out_channels
         self.params = [model.conv1.weight, model.conv1.bias, model.conv2.weight, model.conv2.bias,
                        model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias,
@@ -90,10 +96,12 @@ class TutorialStep:
         grads = [gz1.mm(cols1.t()).view_as(w1), gz1.sum(1), gz2.mm(cols2.t()).view_as(w2), gz2.sum(1),
                  g3.t().mm(f), g3.sum(0), g4.t().mm(h3), g4.sum(0), g5.t().mm(h4), g5.sum(0)]
         # -- SGD with momentum, as torch.optim.SGD does it: buf = m * buf + g; p -= lr * buf --
-        if self.momentum and torch.compiler.is_compiling():  # _fused_sgd_ cannot be traced; inductor fuses these
-            torch._foreach_mul_(self.buffers, self.momentum)
-            torch._foreach_add_(self.buffers, grads)
-            torch._foreach_add_(self.params, self.buffers, alpha=-self.lr)
+        if torch.compiler.is_compiling():  # _fused_sgd_ cannot be traced; inductor fuses these
+            if self.uses_momentum:
+                torch._foreach_mul_(self.buffers, self.momentum_tensor)
+                torch._foreach_add_(self.buffers, grads)
+                grads = self.buffers
+            torch._foreach_sub_(self.params, torch._foreach_mul(grads, self.lr_tensor))
         elif self.momentum:  # one fused kernel for all ten tensors (SGD(fused=True) without its Python)
             torch._fused_sgd_(self.params, grads, self.buffers, weight_decay=0.0, momentum=self.momentum,
                               lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
@@ -103,23 +111,26 @@ class TutorialStep:
 
 
 def im2col(x: torch.Tensor) -> torch.Tensor:
-    """(C, n, H, W) -> (C*25, n*(H-4)*(W-4)): the 5x5 patches of a valid conv, one copy."""
-    c, n, h, w = x.shape
-    return x.unfold(2, 5, 1).unfold(3, 5, 1).permute(0, 4, 5, 1, 2, 3).reshape(c * 25, n * (h - 4) * (w - 4))
+    """(..., C, n, H, W) -> (..., C*25, n*(H-4)*(W-4)): the 5x5 patches of a valid conv, one copy.
+    Leading dimensions (a pack's points, worker/recipes/packed_step.py) are kept."""
+    *lead, c, n, h, w = x.shape
+    k = len(lead)
+    patches = x.unfold(-2, 5, 1).unfold(-2, 5, 1)                     # (..., C, n, H-4, W-4, 5, 5)
+    order = [*range(k), k, k + 4, k + 5, k + 1, k + 2, k + 3]         # (..., C, 5, 5, n, H-4, W-4)
+    return patches.permute(order).reshape(*lead, c * 25, n * (h - 4) * (w - 4))
 
 
 def max_pool(z: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """2x2 max-pool, stride 2, of (C, n, H, W), plus where each maximum came from.
+    """2x2 max-pool, stride 2, of (..., H, W), plus where each maximum came from.
 
     Within each row pair of columns first, then between the two rows: with "the second only if
     strictly greater" at both stages, a tie goes to the first maximum in row-major order, the one
     max_pool2d's backward picks (ties are common: saturated pixels give equal activations).
     The routes are float 0/1 masks, so the backward is multiplies, not casts or `where`s."""
-    c, n, h, w = z.shape
-    left, right = z[..., 0::2], z[..., 1::2]                           # (C, n, H, W/2)
+    left, right = z[..., 0::2], z[..., 1::2]                           # (..., H, W/2)
     take_right = (right > left).to(z.dtype)
     rows = torch.maximum(left, right)
-    top, bottom = rows[:, :, 0::2], rows[:, :, 1::2]                  # (C, n, H/2, W/2)
+    top, bottom = rows[..., 0::2, :], rows[..., 1::2, :]              # (..., H/2, W/2)
     take_bottom = (bottom > top).to(z.dtype)
     return torch.maximum(top, bottom), (take_right, take_bottom)
 
@@ -127,8 +138,8 @@ def max_pool(z: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.T
 def max_pool_backward(grad: torch.Tensor, route: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The gradient of max_pool: each window's gradient to the position its maximum came from."""
     take_right, take_bottom = route
-    c, n, h2, w2 = grad.shape
+    *lead, h2, w2 = grad.shape
     to_bottom = grad * take_bottom
-    rows = torch.stack((grad - to_bottom, to_bottom), dim=3).view(c, n, 2 * h2, w2)
+    rows = torch.stack((grad - to_bottom, to_bottom), dim=-2).view(*lead, 2 * h2, w2)
     to_right = rows * take_right
-    return torch.stack((rows - to_right, to_right), dim=4).view(c, n, 2 * h2, 2 * w2)
+    return torch.stack((rows - to_right, to_right), dim=-1).view(*lead, 2 * h2, 2 * w2)
