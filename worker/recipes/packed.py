@@ -64,6 +64,8 @@ def train_packed(points: list[PackPoint], *, data_dir: Path, device: torch.devic
     step_fn, full_batch_step, built_for = None, None, []
     for epoch in range(min(p.start_epoch for p in points), epochs):
         members = [p for p in alive if p.start_epoch <= epoch]
+        if not members:  # every point left (cancelled, handed back, failed)
+            break
         if members != built_for:  # the first epoch, or a point left or joined: a new step
             step_fn, full_batch_step = _pack_step(members, batch_size, device, cpu_compile=cpu_compile,
                                                   steps=(epochs - epoch) * (n // batch_size))
