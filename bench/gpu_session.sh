@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1
 exec > >(tee "$OUT/gpu_session.log") 2>&1
 
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
-STAGES=${STAGES:-tests,queue,throughput,airbench}  # a rerun may name fewer
+STAGES=${STAGES:-tests,queue,throughput,packed,airbench}  # a rerun may name fewer
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 stage packages
@@ -72,6 +72,13 @@ fi
 stage "bench/train_throughput.py on cuda"
 want throughput && timeout 300 python3 bench/train_throughput.py --device cuda --data-dir "$DATA" --seeds 0 --skip autograd --fast-seeds 0,1,2,3,4 \
     --out "$OUT/train_throughput.json"
+
+stage "packed sweeps: the step per point in-process, then 64 points packed against one job through the queue"
+if want packed; then
+timeout 120 python3 bench/packed_step.py --device cuda --points 1,8,64,256 --out "$OUT/packed_step.json"
+timeout 300 python3 bench/packed_sweep.py --data "$DATA" --device cuda --lr 0.001 --seed "$(seq -s, 0 63)" \
+    --pack-size 64 --baseline single --out "$OUT/packed_sweep.json"
+fi
 
 stage "airbench94's own code (airbench 0.1.8), same data, same GPU"
 want airbench && timeout 150 python3 bench/airbench_reference.py --data-dir "$DATA" --runs 5 --work-dir /tmp/airbench \

@@ -1,7 +1,8 @@
 """A sweep packed against the same sweep with --no-pack, through one real worker, in one run.
 
 usage: python bench/packed_sweep.py [--data DIR] [--epochs 2] [--lr 0.0005,0.001,0.002,0.004]
-                                    [--seed 0,1] [--pack-size 8] [--out FILE.json]
+                                    [--seed 0,1] [--pack-size 8] [--device cpu] [--baseline sweep|single]
+                                    [--out FILE.json]
 
 The real CLI and one real `cifarq worker` (the embedded default: SQLite + the filesystem broker)
 in a fresh CIFARQ_HOME, on the real CIFAR-10 (laid out from ../shared/datasets into --data when
@@ -10,6 +11,8 @@ submit to the last job's end, so it holds everything a user waits for: start, da
 compile where a lone job compiles, training, test evaluation, the records. The --no-pack round
 runs first and the packed one second (the worker's inductor cache is then no colder for the lone
 jobs than for the pack). Per point, the packed and the lone job's test accuracy are compared.
+`--baseline single` (for a GPU and a pack of 64: `--device cuda --lr 0.001 --seed 0,1,...,63
+--pack-size 64`) runs only the first point alone as the baseline: the pack against one job.
 """
 from __future__ import annotations
 
@@ -54,25 +57,31 @@ def main() -> None:
     parser.add_argument("--lr", default="0.0005,0.001,0.002,0.004")
     parser.add_argument("--seed", default="0,1")
     parser.add_argument("--pack-size", default="8")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--baseline", choices=["sweep", "single"], default="sweep")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     data = real_cifar10(args.data)
-    sweep = ["--lr", args.lr, "--seed", args.seed, "--epochs", args.epochs, "--device", "cpu"]
+    sweep = ["--lr", args.lr, "--seed", args.seed, "--epochs", args.epochs, "--device", args.device]
+    first = ["--lr", args.lr.split(",")[0], "--seed", args.seed.split(",")[0], "--epochs", args.epochs,
+             "--device", args.device]
     with tempfile.TemporaryDirectory(prefix="cifarq-bench-packed-") as home:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("CIFARQ_")},
                "CIFARQ_HOME": home, "CIFARQ_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
         worker = start_worker(env, Path(home) / "worker.log")
         try:
-            alone = sweep_round(env, [*sweep, "--no-pack"])
+            # A sweep of one point is one lone job (a pack of one is never made).
+            alone = sweep_round(env, [*(sweep if args.baseline == "sweep" else first), "--no-pack"])
             packed = sweep_round(env, [*sweep, "--pack-size", args.pack_size])
         finally:
             stop_worker(worker)
     differences = [abs(packed["points"][k]["accuracy"] - alone["points"][k]["accuracy"]) for k in alone["points"]]
     result = {
-        "machine": machine(), "sweep": " ".join(sweep), "pack_size": int(args.pack_size),
+        "machine": machine(), "sweep": " ".join(sweep), "pack_size": int(args.pack_size), "baseline": args.baseline,
         "no_pack": alone, "packed": packed,
         "speedup": round(alone["seconds"] / packed["seconds"], 2),
+        "throughput_ratio": round(len(packed["points"]) / len(alone["points"]) * alone["seconds"] / packed["seconds"], 2),
         "accuracy_difference_max_points": round(100 * max(differences), 2),
     }
     print(json.dumps(result, indent=2))
