@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import drop_postgres_database, make_env, make_postgres_database
 
+pytestmark = pytest.mark.slow  # minutes of real workers and outages: CI runs it, the inner loop does not
+
 FAST_FAULTS = {"CIFARQ_STALE_AFTER_SECONDS": "3", "CIFARQ_REAP_INTERVAL_SECONDS": "1"}
 
 

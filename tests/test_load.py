@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO, make_env
 from tests.fakedata import write_cifar10
 
+pytestmark = pytest.mark.slow  # 500 jobs through 2 real workers: CI runs it, the inner loop does not
 JOBS = int(os.environ.get("CIFARQ_LOAD_JOBS", "500"))
 
 SUBMIT = """

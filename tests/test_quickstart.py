@@ -21,6 +21,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # a fresh venv with torch, then a job: CI runs it, the inner loop does not
+
 
 def _copy_checkout(target: Path) -> None:
     """What a fresh clone would hold: tracked files plus new, not-ignored ones (work in progress)."""

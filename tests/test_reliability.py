@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import make_env
 
+pytestmark = pytest.mark.slow  # minutes of real workers and outages: CI runs it, the inner loop does not
+
 # Fast fault detection for tests: heartbeat every 0.5 s, stale after 3 s, reaper every second.
 FAST_FAULTS = {"CIFARQ_STALE_AFTER_SECONDS": "3", "CIFARQ_REAP_INTERVAL_SECONDS": "1"}
 TRAIN = ["--epochs", "10", "--lr", "0.01", "--seed", "3", "--log-every", "100"]

@@ -82,27 +82,32 @@ def test_a_finished_sweep_is_ranked_by_accuracy(worker_env):
 
 def test_packs_by_device_default_and_by_pack_size(sqlite_env):
     env = sqlite_env  # no worker: what the submitter decides on its own
+
+    def pack_ids(data: dict) -> list:
+        listed = {job["id"]: job for job in env.cli_json("list", "--sweep", data["sweep"], "--limit", "100")}
+        return [listed[job["id"]]["pack_id"] for job in data["jobs"]]
+
     # --device auto with no GPU worker, and --device cpu: a CPU's default pack size is 1, not packed
     # (measured: docs/benchmarks.md, "Packed sweeps").
     for device in ("auto", "cpu"):
         data = env.cli_json("submit", "sweep", "--lr", "0.01,0.001", "--seed", "0,1", "--device", device)
-        assert {env.cli_json("status", j["id"])["pack_id"] for j in data["jobs"]} == {None}
+        assert pack_ids(data) == [None] * 4
     # --device cuda: packed by default; 9 points at --pack-size 4 are cut 3, 3, 3 (not 4, 4, 1).
     text = env.cli("submit", "sweep", "--lr", "0.01,0.001", "--seed", "0,1", "--device", "cuda")
     assert "4 jobs queued, 4 of them in 1 pack trained together" in text.stderr
     data = env.cli_json("submit", "sweep", "--lr", "0.01,0.002,0.001", "--seed", "0,1,2", "--device", "cuda",
                         "--pack-size", "4")
-    packs = [env.cli_json("status", j["id"])["pack_id"] for j in data["jobs"]]
+    packs = pack_ids(data)
     assert None not in packs and sorted(packs.count(p) for p in set(packs)) == [3, 3, 3]
     # Different shapes never share a pack: two widths, two packs.
     data = env.cli_json("submit", "sweep", "--width", "6,8", "--seed", "0,1", "--device", "cuda")
-    statuses = [env.cli_json("status", j["id"]) for j in data["jobs"]]
+    listed = env.cli_json("list", "--sweep", data["sweep"], "--limit", "100")
     by_pack = {}
-    for s in statuses:
-        by_pack.setdefault(s["pack_id"], set()).add(s["params"]["width"])
+    for job in listed:
+        by_pack.setdefault(job["pack_id"], set()).add(job["params"]["width"])
     assert len(by_pack) == 2 and all(len(widths) == 1 for widths in by_pack.values())
     # --no-pack: one delivery a job, whatever the device.
     data = env.cli_json("submit", "sweep", "--lr", "0.01,0.001", "--device", "cuda", "--no-pack")
-    assert {env.cli_json("status", j["id"])["pack_id"] for j in data["jobs"]} == {None}
-    status = env.cli("status", statuses[0]["id"]).stdout
-    assert f"pack      {statuses[0]['pack_id']} (queued packed)" in status
+    assert pack_ids(data) == [None, None]
+    status = env.cli("status", listed[0]["id"]).stdout
+    assert f"pack      {listed[0]['pack_id']} (queued packed)" in status
