@@ -97,10 +97,11 @@ def test_final_accuracy_matches_the_standalone_jobs(data_dir):
 
 def test_a_cancelled_point_leaves_alone_and_the_others_are_untouched(data_dir):
     configs = [config(**p) for p in POINTS]
-    hooks = [Recorder(), Recorder(stop_after_steps=30), Recorder()]
+    # Its third safe point: a pack reports every 10 steps (packed.REPORT_EVERY), and at log lines.
+    hooks = [Recorder(), Recorder(stop_after_steps=3), Recorder()]
     points, finished, left = packed(configs, data_dir, hooks=hooks)
     assert list(left) == [1] and isinstance(left[1], StopRequested)
-    assert "at step 30" in str(left[1]) and hooks[1].epochs == []
+    assert "at step 25" in str(left[1]) and hooks[1].epochs == []
     assert finished == [points[0], points[2]]
     for i in (0, 2):
         alone = standalone(configs[i], data_dir)

@@ -31,6 +31,9 @@ from worker.recipes.tutorial import CHUNK_STEPS, capture_step, compile_step
 
 # Images gathered and normalised at once, over all the points of the pack: 10,000 as a lone job.
 CHUNK_IMAGES = CHUNK_STEPS * 4
+# Steps between the points' progress and safe points (and at every log line and epoch end): each
+# costs a few microseconds a point, which a 64-point pack on a GPU would pay at every step.
+REPORT_EVERY = 10
 
 
 @dataclass(eq=False)
@@ -61,6 +64,7 @@ def train_packed(points: list[PackPoint], *, data_dir: Path, device: torch.devic
         _make(point, num_classes=len(train_set.classes), device=device)
 
     alive = list(points)
+    log_everys = {p.config.log_every for p in points}
     step_fn, full_batch_step, built_for = None, None, []
     for epoch in range(min(p.start_epoch for p in points), epochs):
         members = [p for p in alive if p.start_epoch <= epoch]
@@ -90,7 +94,10 @@ def train_packed(points: list[PackPoint], *, data_dir: Path, device: torch.devic
             else:
                 loss_sum += step_fn(inputs, targets)
 
-            leaving = _report_step(members, loss_sum, logged_sum, epoch=epoch, step=step + 1,
+            done = step + 1
+            if done % REPORT_EVERY and done != steps_per_epoch and not any(done % k == 0 for k in log_everys):
+                continue
+            leaving = _report_step(members, loss_sum, logged_sum, epoch=epoch, step=done,
                                    steps_per_epoch=steps_per_epoch)
             if leaving:
                 step_fn.write_back()
