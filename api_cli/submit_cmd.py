@@ -159,8 +159,7 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
     row back; a submitter killed in between leaves the debt to a reaper (shared/jobs.py)."""
     from shared.celery_app import send_job
     from shared.db import session_scope
-    from shared.jobs import create_job, delete_job, message_sent, store_uploaded_weights
-    from shared.settings import get_settings, redact_url
+    from shared.jobs import create_job, store_uploaded_weights
 
     queue = queue_of(config, queue)
     with session_scope() as session:
@@ -168,19 +167,7 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
         if upload is not None:
             store_uploaded_weights(session=session, job_id=job.id, weights=upload)
         job_id, lease = job.id, job.resend_after
-    try:
-        send_job(job_id, queue)
-    except Exception as exc:
-        # Nothing was queued: take the row back, so that nothing half-done is left behind.
-        with session_scope() as session:
-            delete_job(session=session, job_id=job_id)
-        broker = redact_url(get_settings().broker)
-        raise CifarqError(f"broker unreachable at {broker}: {exc}; nothing was queued") from exc
-    try:
-        with session_scope() as session:
-            message_sent(session=session, job_id=job_id, lease=lease)
-    except Exception:  # the job is queued and its message sent; a reaper's second one is harmless
-        pass
+    _send_or_take_back([(job_id, lease)], lambda: send_job(job_id, queue))
     _warn_if_no_worker_consumes(queue)
     return job_id
 
@@ -191,8 +178,7 @@ def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack
     debt a reaper pays later runs alone (shared/jobs.py), which is correct, only not packed."""
     from shared.celery_app import send_pack
     from shared.db import session_scope
-    from shared.jobs import create_job, delete_job, message_sent
-    from shared.settings import get_settings, redact_url
+    from shared.jobs import create_job
 
     queue = queue_of(configs[0], queue)
     with session_scope() as session:
@@ -200,11 +186,24 @@ def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack
                            sweep_id=sweep_id, pack_id=pack_id) for config in configs]
         leases = [(job.id, job.resend_after) for job in jobs]
     job_ids = [job_id for job_id, _ in leases]
+    _send_or_take_back(leases, lambda: send_pack(job_ids, queue))
+    _warn_if_no_worker_consumes(queue)
+    return job_ids
+
+
+def _send_or_take_back(leases: list[tuple[str, Any]], send) -> None:
+    """Send the message of rows already written (each owing it, under `lease`). If it cannot be
+    sent, nothing was queued: the rows are taken back, so that nothing half-done is left behind.
+    Once sent, the debts are cleared; a failure there is harmless (a reaper's second message)."""
+    from shared.db import session_scope
+    from shared.jobs import delete_job, message_sent
+    from shared.settings import get_settings, redact_url
+
     try:
-        send_pack(job_ids, queue)
+        send()
     except Exception as exc:
         with session_scope() as session:
-            for job_id in job_ids:
+            for job_id, _ in leases:
                 delete_job(session=session, job_id=job_id)
         broker = redact_url(get_settings().broker)
         raise CifarqError(f"broker unreachable at {broker}: {exc}; nothing was queued") from exc
@@ -212,10 +211,8 @@ def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack
         with session_scope() as session:
             for job_id, lease in leases:
                 message_sent(session=session, job_id=job_id, lease=lease)
-    except Exception:  # sent; a reaper's second message for a point is harmless
+    except Exception:  # queued and sent; a reaper's second message is harmless
         pass
-    _warn_if_no_worker_consumes(queue)
-    return job_ids
 
 
 @functools.cache  # once per queue and process: a sweep sends many jobs to one queue

@@ -40,9 +40,8 @@ def execute_pack(job_ids: list[str], *, worker_name: Optional[str] = None) -> di
         if taken is not None:
             claimed.append(taken)
     outcome: dict[str, Optional[JobStatus]] = {job_id: None for job_id in job_ids}
-    packable = [c for c in claimed if c.kind == JobKind.train and pack_shape(TrainConfig(**c.params))]
-    shapes = {pack_shape(TrainConfig(**c.params)) for c in packable}
-    if len(packable) < 2 or len(packable) != len(claimed) or len(shapes) != 1:
+    shapes = {pack_shape(TrainConfig(**c.params)) if c.kind == JobKind.train else None for c in claimed}
+    if len(claimed) < 2 or len(shapes) != 1 or None in shapes:
         # Nothing to pack (one point left to run, or points a submitter should not have packed):
         # each runs as a lone job, one after the other, in this delivery.
         for taken in claimed:

@@ -116,7 +116,7 @@ def train_packed(points: list[PackPoint], *, data_dir: Path, device: torch.devic
                 orders, loss_sum, logged_sum = orders[keep], loss_sum[keep], logged_sum[keep]
                 inputs_chunk, targets_chunk = inputs_chunk[keep], targets_chunk[keep]
         if not members:
-            continue
+            break
         step_fn.write_back()
         seconds = time.perf_counter() - started
         losses = (loss_sum / steps_per_epoch).tolist()
