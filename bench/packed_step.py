@@ -58,7 +58,7 @@ def prepared(step_fn, points, device: torch.device, compile: bool) -> tuple[obje
         captured = capture_step(step_fn, 4, device, Recorder(), points=points)
         return captured or step_fn, time.perf_counter() - started
     if compile:
-        compiled = CompiledStep(step_fn, Recorder())
+        compiled = CompiledStep(step_fn, Recorder(), wait_for_warm_up=False)
         compiled.compile_now(4, device, points=points)
         return compiled, time.perf_counter() - started
     return step_fn, 0.0

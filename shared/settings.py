@@ -114,6 +114,9 @@ class Settings:
     # CPU jobs: compile the tutorial step with torch.compile when the job is long enough (auto),
     # always, or never (worker/recipes/tutorial.py, COMPILE_MIN_STEPS).
     cpu_compile: str = _setting("auto", _one_of("auto", "always", "never"))
+    # CPU workers: at start, compile the default step into inductor's cache while waiting for work
+    # (worker/warm_up.py), so that the first job does not pay the ~24 s first compile.
+    cpu_warm_up: str = _setting("auto", _one_of("auto", "never"))
 
     @classmethod
     def from_env(cls, environ: Optional[dict[str, str]] = None) -> "Settings":

@@ -152,18 +152,31 @@ def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
     assert max_difference(model, reference_loop(config, split, epochs=2)) < 1e-5
 
 
-def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch):
+def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     from worker.recipes.tutorial import COMPILE_MIN_STEPS, compile_step
+    from worker.warm_up import write_figures, shape_key
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no warm-up figures yet
     torch.manual_seed(0)
     model = Net()
     step = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
     hooks = Recorder()
-    assert compile_step(step, hooks, mode="auto", steps=COMPILE_MIN_STEPS - 1) is None
-    assert compile_step(step, hooks, mode="never", steps=10 * COMPILE_MIN_STEPS) is None
-    assert compile_step(step, hooks, mode="auto", steps=COMPILE_MIN_STEPS) is not None
+    assert compile_step(step, hooks, mode="auto", batch_size=4, steps=COMPILE_MIN_STEPS - 1) is None
+    assert compile_step(step, hooks, mode="never", batch_size=4, steps=10 * COMPILE_MIN_STEPS) is None
+    assert compile_step(step, hooks, mode="auto", batch_size=4, steps=COMPILE_MIN_STEPS) is not None
+    # With the warm-up's figures for this shape: where the steps' saving repays the cached
+    # compile 1.5 times (0.1 ms a step, 2 s: from 30,000 steps on), and for this shape only.
+    write_figures(shape_key(step, 4), {"first_compile_seconds": 20.0, "cached_compile_seconds": 2.0,
+                                        "eager_seconds_per_step": 0.0006, "compiled_seconds_per_step": 0.0005})
+    assert compile_step(step, hooks, mode="auto", batch_size=4, steps=30_001) is not None
+    assert compile_step(step, hooks, mode="auto", batch_size=4, steps=29_999) is None
+    assert compile_step(step, hooks, mode="auto", batch_size=8, steps=30_001) is None  # no figures: cold rule
+    write_figures(shape_key(step, 4), {"first_compile_seconds": 20.0, "cached_compile_seconds": 2.0,
+                                        "eager_seconds_per_step": 0.0005, "compiled_seconds_per_step": 0.0006})
+    assert compile_step(step, hooks, mode="auto", batch_size=4, steps=10 * COMPILE_MIN_STEPS) is None  # slower
+    assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is not None
     monkeypatch.setenv("CXX", "no-such-compiler")
-    assert compile_step(step, hooks, mode="always", steps=1) is None
+    assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is None
     assert hooks.lines == ["no C++ compiler (no-such-compiler) for torch.compile on this worker; the step runs eagerly"]
 
 
@@ -173,5 +186,7 @@ def test_cpu_compile_setting_is_checked():
 
     assert Settings.from_env({}).cpu_compile == "auto"
     assert Settings.from_env({"CIFARQ_CPU_COMPILE": "never"}).cpu_compile == "never"
+    assert Settings.from_env({}).cpu_warm_up == "auto"
+    assert Settings.from_env({"CIFARQ_CPU_WARM_UP": "never"}).cpu_warm_up == "never"
     with pytest.raises(CifarqError, match=r"^invalid CIFARQ_CPU_COMPILE 'sometimes': expected one of auto, always, never$"):
         Settings.from_env({"CIFARQ_CPU_COMPILE": "sometimes"})

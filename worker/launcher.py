@@ -22,6 +22,7 @@ from shared.liveness import mark_alive
 from shared.settings import get_settings
 from shared import registry
 from worker.gpu_lease import Gpu, Lease, list_gpus, take_lease
+from worker.warm_up import can_compile
 
 log = logging.getLogger("cifarq.launcher")
 
@@ -77,6 +78,15 @@ def _heartbeat(stop: threading.Event, record: dict) -> None:
             log.warning("worker heartbeat failed: %s", exc)
 
 
+def _start_warm_up(env: dict) -> Optional[subprocess.Popen]:
+    """Compile the default CPU step into inductor's cache while the worker waits for work
+    (worker/warm_up.py): the first job then compiles from the cache in ~1.6 s, not ~24 s."""
+    settings = get_settings()
+    if settings.cpu_warm_up == "never" or settings.cpu_compile == "never" or not can_compile():
+        return None
+    return subprocess.Popen([sys.executable, "-m", "worker.warm_up"], env=env, preexec_fn=_die_with_parent)
+
+
 def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
                reap_every: Optional[float] = None) -> int:
     host, pid = socket.gethostname(), os.getpid()
@@ -95,6 +105,7 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
     lease: Optional[Lease] = None
     stop = threading.Event()
     record: Optional[dict] = None
+    warming: Optional[subprocess.Popen] = None
     try:
         if gpu == "none":
             env["CUDA_VISIBLE_DEVICES"] = ""  # hides every GPU from the jobs
@@ -123,6 +134,7 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
         child = subprocess.Popen(celery_command(queues=queues, name=name, loglevel=loglevel,
                                                 device=record["device"]), env=env,
                                  preexec_fn=_die_with_parent)
+        warming = _start_warm_up(env) if record["device"] == "cpu" else None
         threading.Thread(target=_heartbeat, args=(stop, record), daemon=True, name="heartbeat").start()
         if reap_every != 0:  # None: CIFARQ_REAP_INTERVAL_SECONDS
             from shared.reaper import run_forever
@@ -135,6 +147,8 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
                 continue
     finally:
         stop.set()
+        if warming is not None and warming.poll() is None:
+            warming.terminate()  # a compile cut short leaves no mark: the next start compiles again
         if record is not None:
             try:
                 with session_scope() as session:

@@ -143,7 +143,7 @@ def _pack_step(members: list[PackPoint], batch_size: int, device: torch.device, 
     hooks = members[0].hooks  # a failed capture or compile is said once, in the first point's log
     if device.type == "cuda":
         return step_fn, capture_step(step_fn, batch_size, device, hooks, points=len(members))
-    compiled = compile_step(step_fn, hooks, mode=cpu_compile, steps=steps)
+    compiled = compile_step(step_fn, hooks, mode=cpu_compile, batch_size=batch_size, steps=steps)
     if compiled is not None:
         for point in members:
             point.hooks.phase("compiling")

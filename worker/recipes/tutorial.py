@@ -19,9 +19,8 @@ worker/train.py picks this loop or the fast recipe's (worker/recipes/fast.py) by
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,13 +33,15 @@ from worker.data import Split, load_split
 from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_generator, report_step
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
+from worker.warm_up import can_compile, compile_lock, compile_pays, compiler, shape_key, warm_figures
 
 CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
-# A CPU job compiles its step (CIFARQ_CPU_COMPILE=auto) from this many full-batch steps on. The
-# compile takes ~5 s once inductor's cache holds the step, ~50 s the first time on a 2-core host,
-# and saves ~0.6 ms a step at batch 4: the default 2 epochs (25,000 steps) gain from the second
-# job on; a short job would only wait for the compiler.
-COMPILE_MIN_STEPS = 20_000
+# A CPU job compiles its step (CIFARQ_CPU_COMPILE=auto) where the worker's warm-up measured that
+# it pays on this host (worker/warm_up.py). Without those figures (a shape the warm-up does not
+# compile, a worker without it) only from this many full-batch steps on: a first compile takes 16
+# to 50 s on 2 cores and saves 0.06 to 0.6 ms a step, by CPU; at 20,000 steps (the previous
+# threshold) the default 2-epoch job took 31 s with its compile and 17 s without, on an AMD EPYC.
+COMPILE_MIN_STEPS = 100_000
 
 
 def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device, hooks: TrainHooks,
@@ -67,7 +68,7 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
     if device.type == "cuda":
         full_batch_step = capture_step(step_fn, batch_size, device, hooks)
     else:
-        full_batch_step = compile_step(step_fn, hooks, mode=cpu_compile,
+        full_batch_step = compile_step(step_fn, hooks, mode=cpu_compile, batch_size=batch_size,
                                        steps=(config.epochs - start_epoch) * (n // batch_size))
         if full_batch_step is not None:  # before the first epoch's clock starts: its images/s are training's
             hooks.phase("compiling")
@@ -153,7 +154,9 @@ class CompiledStep:
     """The step through torch.compile, compiled at its first call; if that fails (no C++
     compiler after all, an op inductor cannot lower), the step runs eagerly from then on."""
 
-    def __init__(self, step_fn, hooks: TrainHooks):  # a TutorialStep or a PackedStep
+    def __init__(self, step_fn, hooks: TrainHooks, *, wait_for_warm_up: bool = True):
+        """`step_fn`: a TutorialStep or a PackedStep; `wait_for_warm_up`: compile_now waits while
+        the worker's warm-up compiles (worker/warm_up.py), then reads the step from the cache."""
         import torch._inductor.config as inductor_config
 
         # Compile in this process rather than in a pool of compiler processes: a job runs in a
@@ -162,6 +165,7 @@ class CompiledStep:
         self.eager, self.hooks = step_fn, hooks
         self.compiled = torch.compile(step_fn.__call__, fullgraph=True, dynamic=False)
         self.state = "new"
+        self.wait_for_warm_up = wait_for_warm_up
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Contiguous: the batches are slices of a chunk, whose strides depend on the chunk's size;
@@ -192,8 +196,9 @@ class CompiledStep:
         saved = [t.detach().clone() for t in [*self.eager.params, *self.eager.buffers]]
         lead = () if points is None else (points,)
         try:
-            self(torch.zeros(*lead, 3, batch_size, 32, 32, device=device),
-                 torch.zeros(*lead, batch_size, dtype=torch.int64, device=device))
+            with compile_lock(exclusive=False) if self.wait_for_warm_up else contextlib.nullcontext():
+                self(torch.zeros(*lead, 3, batch_size, 32, 32, device=device),
+                     torch.zeros(*lead, batch_size, dtype=torch.int64, device=device))
         finally:
             with torch.no_grad():
                 for t, before in zip([*self.eager.params, *self.eager.buffers], saved):
@@ -201,12 +206,14 @@ class CompiledStep:
         return time.perf_counter() - started
 
 
-def compile_step(step_fn, hooks: TrainHooks, *, mode: str, steps: int) -> Optional[CompiledStep]:
+def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, steps: int) -> Optional[CompiledStep]:
     """The compiled CPU step, or None (eager) where compiling would not pay or cannot work."""
-    if mode == "never" or (mode == "auto" and steps < COMPILE_MIN_STEPS):
+    key = shape_key(step_fn, batch_size)
+    figures = warm_figures(key)  # the worker's warm-up measured this shape on this host
+    pays = steps >= COMPILE_MIN_STEPS if figures is None else compile_pays(figures, steps)
+    if mode == "never" or (mode == "auto" and not pays):
         return None
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        hooks.log(f"no C++ compiler ({compiler}) for torch.compile on this worker; the step runs eagerly")
+    if not can_compile():
+        hooks.log(f"no C++ compiler ({compiler()}) for torch.compile on this worker; the step runs eagerly")
         return None
     return CompiledStep(step_fn, hooks)
