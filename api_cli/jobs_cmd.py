@@ -15,9 +15,20 @@ POLL_SECONDS = 1.0  # one primary-key read a second per follower (heartbeats com
 SERVED_CHECK_SECONDS = 10.0  # how often a follower of a queued job asks whether any worker could take it
 
 
-def _load(job_id: str) -> dict:
+def _load(job_id: str, *, quick: bool = False) -> dict:
+    """The job's status object. `quick`: try a read without SQLAlchemy first (shared/job_view.py),
+    for a one-off read; a follower polls through the ORM's pooled connection instead of opening
+    one a second."""
+    if quick:
+        from shared.job_view import read_job
+        from shared.settings import get_settings
+
+        found = read_job(get_settings().database, job_id)
+        if found is not None:
+            return found
     from shared.db import session_scope
-    from shared.jobs import get_job, job_to_dict
+    from shared.job_view import job_to_dict
+    from shared.jobs import get_job
 
     with session_scope() as session:
         return job_to_dict(get_job(session=session, job_id=job_id))
@@ -53,7 +64,7 @@ def status(
 
     Example: cifarq status 3f2a9c1e --follow
     """
-    job = _follow(job_id) if follow else _load(job_id)
+    job = _follow(job_id) if follow else _load(job_id, quick=True)
     queued = job["status"] == JobStatus.queued.value
     job["live_consumers"] = _live_consumers(job["queue"]) if queued else None
     if json_output:
@@ -183,7 +194,8 @@ def list_(
     Example: cifarq list --sweep 5b1c07d2
     """
     from shared.db import session_scope
-    from shared.jobs import job_to_dict, list_jobs, sweep_jobs
+    from shared.job_view import job_to_dict
+    from shared.jobs import list_jobs, sweep_jobs
 
     with session_scope() as session:
         if sweep is None:
@@ -248,7 +260,8 @@ def cancel(job_id: JobIdArg, json_output: JsonOption = False) -> None:
     Example: cifarq cancel 3f2a9c1e
     """
     from shared.db import session_scope
-    from shared.jobs import get_job, job_to_dict, request_cancel
+    from shared.job_view import job_to_dict
+    from shared.jobs import get_job, request_cancel
 
     with session_scope() as session:
         job = request_cancel(session=session, job=get_job(session=session, job_id=job_id))

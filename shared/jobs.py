@@ -14,7 +14,7 @@ from typing import Any, Optional
 from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
-from shared.clock import database_now, iso
+from shared.clock import database_now
 from shared.errors import CifarqError, shown
 from shared.models import Checkpoint, EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 from shared.settings import get_settings
@@ -133,39 +133,6 @@ def request_cancel(*, session: Session, job: Job) -> Job:
     if not flagged:
         raise CifarqError(f"job {job.id} has already ended ({job.status.value}): nothing to cancel")
     return job
-
-
-def job_to_dict(job: Job) -> dict[str, Any]:
-    """The status object that scripts rely on (field names fixed)."""
-    return {
-        "id": job.id,
-        "kind": job.kind.value,
-        "status": job.status.value,
-        "params": job.params,
-        "queue": job.queue,
-        "device": job.device,
-        "worker": job.worker,
-        "attempts": job.attempts,
-        "error": job.error,
-        "progress": {
-            "epoch": job.epoch,
-            "epochs": job.params.get("epochs"),
-            "step": job.step,
-            "steps_per_epoch": job.steps_per_epoch,
-            "loss": job.loss,
-            "phase": job.phase if job.status == JobStatus.running else None,
-            "compile_seconds": job.compile_seconds,
-        },
-        "metrics": {"test_accuracy": job.test_accuracy},
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "heartbeat_at": iso(job.heartbeat_at),
-        "sweep_id": job.sweep_id,
-        "pack_id": job.pack_id,  # the pack it was queued in (packed sweeps); None otherwise
-        "packed_with": job.packed_with,  # points its attempt trained together, itself included; None: alone
-        "provenance": job.provenance,  # what ran, by the last attempt (shared/provenance.py); None before
-    }
 
 
 # -- log lines: what the job printed, in order

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import platform
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,6 +38,10 @@ def collect(*, torch_version: str, cuda: Optional[str], device: str, data_folder
 def code_version() -> tuple[str, Optional[str]]:
     """(cifarq's version, the git commit): once per process, since a process runs the code it
     imported when it started, whatever the checkout holds later."""
+    # Here, not at the top: the client imports this module for provenance_rows, and
+    # importlib.metadata is 10 ms of `cifarq status`.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         installed = version("cifarq")
     except PackageNotFoundError:

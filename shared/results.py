@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.errors import CifarqError
-from shared.jobs import get_job, job_to_dict
+from shared.job_view import job_to_dict
+from shared.jobs import get_job
 from shared.metrics import accuracy
 from shared.models import EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 

@@ -138,7 +138,7 @@ def _base_env(home: Path, data_dir: Path) -> dict[str, str]:
                # Several workers share 2 cores in these tests; spinning OpenMP threads would
                # starve each other (batch-4 steps gain nothing from a second thread anyway).
                OMP_NUM_THREADS="1",
-               # A worker compiles the default step at start (worker/warm_up.py): ~24 s of both cores
+               # A worker compiles the default step at start (worker/warm_up.py): ~20 s of a core
                # at every worker start here; tests/test_warm_up.py turns it on where it is the subject.
                CIFARQ_CPU_WARM_UP="never")
     return env

@@ -18,12 +18,12 @@ MAY_IMPORT = {
 # The one door from the CLI into worker/: `cifarq worker` starts the launcher (worker installs).
 CLI_INTO_WORKER = {("api_cli.admin", "worker.launcher")}
 WORKER_LAYERS = [  # each may import only from the layers before it (and shared/)
-    {"worker.model", "worker.data", "worker.devices", "worker.gpu_lease", "worker.tensorboard"},
+    {"worker.model", "worker.data", "worker.devices", "worker.gpu_lease", "worker.tensorboard", "worker.compile_cache"},
     {"worker.loop", "worker.evaluate", "worker.records"},
     {"worker.recipes", "worker.recipes.tutorial_step"},
     {"worker.recipes.tutorial", "worker.recipes.fast", "worker.recipes.packed_step"},
     {"worker.recipes.packed"},
-    {"worker.train", "worker.checkpoints", "worker.launcher"},
+    {"worker.train", "worker.checkpoints", "worker.launcher", "worker.warm_up"},
     {"worker.run"},
     {"worker.run_pack"},
     {"worker.tasks"},

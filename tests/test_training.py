@@ -154,7 +154,7 @@ def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
 
 def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     from worker.recipes.tutorial import COMPILE_MIN_STEPS, compile_step
-    from worker.warm_up import write_figures, shape_key
+    from worker.compile_cache import shape_key, write_figures
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no warm-up figures yet
     torch.manual_seed(0)

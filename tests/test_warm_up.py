@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from worker.warm_up import compile_lock
+from worker.compile_cache import compile_lock
 
 EPOCHS = "2"  # medium_cifar: 2,000 training images, 1,000 steps at batch 4
 

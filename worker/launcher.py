@@ -22,7 +22,7 @@ from shared.liveness import mark_alive
 from shared.settings import get_settings
 from shared import registry
 from worker.gpu_lease import Gpu, Lease, list_gpus, take_lease
-from worker.warm_up import can_compile
+from worker.compile_cache import can_compile
 
 log = logging.getLogger("cifarq.launcher")
 
@@ -80,7 +80,7 @@ def _heartbeat(stop: threading.Event, record: dict) -> None:
 
 def _start_warm_up(env: dict) -> Optional[subprocess.Popen]:
     """Compile the default CPU step into inductor's cache while the worker waits for work
-    (worker/warm_up.py): the first job then compiles from the cache in ~1.6 s, not ~24 s."""
+    and times it (worker/warm_up.py): jobs then compile only where that pays, from the cache."""
     settings = get_settings()
     if settings.cpu_warm_up == "never" or settings.cpu_compile == "never" or not can_compile():
         return None

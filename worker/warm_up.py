@@ -1,98 +1,23 @@
-"""The compiled CPU step, ready before the first job asks for it, and measured.
+"""A CPU worker's warm-up: the default step compiled into inductor's cache, and measured.
 
-A CPU job may compile its step with torch.compile (worker/recipes/tutorial.py). The first
-compile on a host takes 16 to 50 s on 2 cores; once inductor's on-disk cache holds the step, a
-new process compiles it in ~1.5 s. What the compiled step saves depends on the CPU: ~0.6 ms a
-step on one Xeon, ~0.06 ms on an AMD EPYC (bench/end_to_end.py, docs/benchmarks.md). So whether
-a compile pays is measured on the host rather than guessed: `cifarq worker` starts this module in a
-low-priority child (CIFARQ_CPU_WARM_UP=auto), which
-- compiles the default recipe's step into the cache while the worker waits for work;
-- times the compile from the cache, and the eager and the compiled step, and writes the figures
-  beside inductor's cache (`cifarq-warm/<shape>`; a cleared cache takes them with it).
-A job of that shape then compiles when its steps times the saving repay the cached compile
-(`compile_pays`); a shape without figures compiles only for very long jobs (COMPILE_MIN_STEPS in
-worker/recipes/tutorial.py). A job that compiles while the warm-up still does waits for it rather
-than compiling the same step beside it on the same cores.
+A CPU job may compile its step with torch.compile (worker/recipes/tutorial.py), where that
+pays; whether it does is measured on the host rather than guessed (worker/compile_cache.py).
+`cifarq worker` starts this module in a low-priority child when it starts (CIFARQ_CPU_WARM_UP=auto):
+it compiles the default recipe's step into the cache while the worker waits for work, times a
+compile from the cache (in a new process, as a job's), the eager and the compiled step, and
+writes those figures. The first job then never pays the first compile, and jobs compile only
+where their steps repay a compile from the cache.
 
     python -m worker.warm_up    # what the worker runs; by hand, it warms the cache it would use
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Optional
 
-# A compile from the cache must save this many times its own cost: the figures come from a
-# few hundred steps, and a job's machine may be busier than the warm-up's was.
-MARGIN = 1.5
-
-
-def can_compile() -> bool:
-    """torch.compile's CPU backend writes C++ and needs a compiler to build it."""
-    return shutil.which(compiler()) is not None
-
-
-def compiler() -> str:
-    return os.environ.get("CXX", "g++")
-
-
-def _marks_dir() -> Path:
-    from torch._inductor.runtime.runtime_utils import cache_dir  # honours TORCHINDUCTOR_CACHE_DIR
-
-    return Path(cache_dir()) / "cifarq-warm"
-
-
-def shape_key(step_fn, batch_size: int) -> str:
-    """What the compiled graph depends on: the parameters' shapes (a packed step's carry the
-    point count), momentum or none, the batch size and torch's version."""
-    import torch
-
-    shapes = [tuple(p.shape) for p in step_fn.params]
-    what = (type(step_fn).__name__, shapes, getattr(step_fn, "uses_momentum", None), batch_size, torch.__version__)
-    return hashlib.sha256(repr(what).encode()).hexdigest()[:20]
-
-
-def warm_figures(key: str) -> Optional[dict]:
-    """The warm-up's measurements for this shape, or None where it has none."""
-    try:
-        return json.loads((_marks_dir() / key).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def compile_pays(figures: dict, steps: int) -> bool:
-    saved = figures["eager_seconds_per_step"] - figures["compiled_seconds_per_step"]
-    return saved > 0 and steps * saved > MARGIN * figures["cached_compile_seconds"]
-
-
-def write_figures(key: str, figures: dict) -> None:
-    marks = _marks_dir()
-    marks.mkdir(parents=True, exist_ok=True)
-    partial = marks / f".{key}.partial"
-    partial.write_text(json.dumps(figures) + "\n")
-    partial.replace(marks / key)  # whole or absent, never half-written
-
-
-@contextmanager
-def compile_lock(*, exclusive: bool) -> Iterator[None]:
-    """The warm-up holds it exclusively while it compiles; a job's compile takes it shared, so it
-    waits for a warm-up in progress and then reads the step from the cache."""
-    marks = _marks_dir()
-    marks.mkdir(parents=True, exist_ok=True)
-    with open(marks / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+from worker.compile_cache import can_compile, compile_lock, compiler, shape_key, warm_figures, write_figures
 
 
 def warm_up() -> str:

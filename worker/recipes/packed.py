@@ -34,6 +34,10 @@ CHUNK_IMAGES = CHUNK_STEPS * 4
 # Steps between the points' progress and safe points (and at every log line and epoch end): each
 # costs a few microseconds a point, which a 64-point pack on a GPU would pay at every step.
 REPORT_EVERY = 10
+# A pack's step compiles from this many steps on, as every CPU step did before the warm-up (no
+# warm-up measures packed shapes). For packs it pays: 8 points take 5.6 ms a step compiled against
+# 14.7 ms eagerly (bench/packed_step.py), ~14 s of compile repaid within ~1,500 steps.
+PACKED_COMPILE_MIN_STEPS = 20_000
 
 
 @dataclass(eq=False)
@@ -143,7 +147,8 @@ def _pack_step(members: list[PackPoint], batch_size: int, device: torch.device, 
     hooks = members[0].hooks  # a failed capture or compile is said once, in the first point's log
     if device.type == "cuda":
         return step_fn, capture_step(step_fn, batch_size, device, hooks, points=len(members))
-    compiled = compile_step(step_fn, hooks, mode=cpu_compile, batch_size=batch_size, steps=steps)
+    compiled = compile_step(step_fn, hooks, mode=cpu_compile, batch_size=batch_size, steps=steps,
+                            cold_min_steps=PACKED_COMPILE_MIN_STEPS)
     if compiled is not None:
         for point in members:
             point.hooks.phase("compiling")

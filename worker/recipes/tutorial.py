@@ -33,13 +33,13 @@ from worker.data import Split, load_split
 from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_generator, report_step
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
-from worker.warm_up import can_compile, compile_lock, compile_pays, compiler, shape_key, warm_figures
+from worker.compile_cache import can_compile, compile_lock, compile_pays, compiler, shape_key, warm_figures
 
 CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
 # A CPU job compiles its step (CIFARQ_CPU_COMPILE=auto) where the worker's warm-up measured that
 # it pays on this host (worker/warm_up.py). Without those figures (a shape the warm-up does not
 # compile, a worker without it) only from this many full-batch steps on: a first compile takes 16
-# to 50 s on 2 cores and saves 0.06 to 0.6 ms a step, by CPU; at 20,000 steps (the previous
+# to 50 s on 2 cores and saves 0.14 to 0.6 ms a step, by CPU; at 20,000 steps (the previous
 # threshold) the default 2-epoch job took 31 s with its compile and 17 s without, on an AMD EPYC.
 COMPILE_MIN_STEPS = 100_000
 
@@ -206,11 +206,13 @@ class CompiledStep:
         return time.perf_counter() - started
 
 
-def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, steps: int) -> Optional[CompiledStep]:
-    """The compiled CPU step, or None (eager) where compiling would not pay or cannot work."""
+def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, steps: int,
+                 cold_min_steps: int = COMPILE_MIN_STEPS) -> Optional[CompiledStep]:
+    """The compiled CPU step, or None (eager) where compiling would not pay or cannot work.
+    `cold_min_steps`: from how many steps on a shape the warm-up has not measured compiles."""
     key = shape_key(step_fn, batch_size)
     figures = warm_figures(key)  # the worker's warm-up measured this shape on this host
-    pays = steps >= COMPILE_MIN_STEPS if figures is None else compile_pays(figures, steps)
+    pays = steps >= cold_min_steps if figures is None else compile_pays(figures, steps)
     if mode == "never" or (mode == "auto" and not pays):
         return None
     if not can_compile():
