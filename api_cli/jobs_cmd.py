@@ -66,7 +66,8 @@ def status(
     """
     job = _follow(job_id) if follow else _load(job_id, quick=True)
     queued = job["status"] == JobStatus.queued.value
-    job["live_consumers"] = _live_consumers(job["queue"]) if queued else None
+    if "live_consumers" not in job:  # the quick read counted them already
+        job["live_consumers"] = _live_consumers(job["queue"]) if queued else None
     if json_output:
         print_json(job)
         return
@@ -84,7 +85,7 @@ def status(
     if job["error"]:
         rows.append(("error", job["error"]))
     if queued and not job["live_consumers"]:
-        from shared.registry import nobody_serves
+        from shared.states import nobody_serves
 
         rows.append(("waiting", nobody_serves(job["queue"])))
     for key, value in rows:
@@ -119,7 +120,7 @@ def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
             served_checked = time.monotonic()
             was_served, served = served, _live_consumers(job["queue"]) > 0
             if was_served and not served:  # said once, and again only after a worker came and went
-                from shared.registry import nobody_serves
+                from shared.states import nobody_serves
 
                 view.note(f"{job['id']} waits: {nobody_serves(job['queue'])}")
         if job["progress"]["epoch"] != epochs_seen:  # an epoch ended: its speed is the next guess

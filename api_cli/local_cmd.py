@@ -223,7 +223,7 @@ def _ensure_worker(queue: str) -> None:
     then nothing is queued, and the error says what to start."""
     import socket
 
-    from shared.registry import how_to_serve
+    from shared.states import how_to_serve
 
     local = _running()
     if local is not None:

@@ -221,7 +221,8 @@ def _warn_if_no_worker_consumes(queue: str) -> None:
     CPU worker, a queue of the user's own naming, no worker started yet) would wait without a
     word. It is queued all the same: a worker may be on its way."""
     from shared.db import session_scope
-    from shared.registry import live_workers, nobody_serves
+    from shared.registry import live_workers
+    from shared.states import nobody_serves
 
     with session_scope() as session:
         if not live_workers(session=session, queue=queue):

@@ -290,7 +290,8 @@ def check_queues(*, engine: Optional[Engine]) -> Check:
     from sqlalchemy.orm import Session
 
     from shared.monitoring import queue_overview
-    from shared.registry import how_to_serve, live_workers
+    from shared.registry import live_workers
+    from shared.states import how_to_serve
 
     with Session(engine) as session:
         overview = {row["queue"]: row for row in queue_overview(session=session)}

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any, Optional
 
 from shared.clock import iso
-from shared.states import JobKind, JobStatus
+from shared.states import ALIVE_SECONDS, JobKind, JobStatus
 
 # The newest migration (Alembic's head; tests/test_migrations.py checks it). A database at
 # another revision is left to shared/db.py, which migrates SQLite and stops on PostgreSQL.
@@ -60,8 +60,10 @@ def job_to_dict(job: Any) -> dict[str, Any]:
 
 
 def read_job(database_url: str, job_id: str) -> Optional[dict[str, Any]]:
-    """job_to_dict of the job with this id or unique id prefix, or None where this quick read
-    does not answer (the caller then asks the ORM, which explains)."""
+    """job_to_dict of the job with this id or unique id prefix, with "live_consumers": how many
+    live workers consume a queued job's queue (None for other jobs, as shared.registry counts
+    them); or None where this quick read does not answer (the caller then asks the ORM, which
+    explains)."""
     if not (4 <= len(job_id) <= 64 and job_id.isalnum()):
         return None  # too short, or characters that never make an id: the ORM path's error
     try:
@@ -75,8 +77,9 @@ def read_job(database_url: str, job_id: str) -> Optional[dict[str, Any]]:
         return None
     if row is None:
         return None
+    consumers = row.pop("live_consumers")
     row["kind"], row["status"] = JobKind(row["kind"]), JobStatus(row["status"])
-    return job_to_dict(SimpleNamespace(**row))
+    return {**job_to_dict(SimpleNamespace(**row)), "live_consumers": consumers}
 
 
 # By id, else by prefix: two rows at most, so that an ambiguous prefix is seen (and left to the
@@ -96,7 +99,8 @@ def _read_sqlite(path: str, job_id: str) -> Optional[dict[str, Any]]:
     try:
         if connection.execute("SELECT version_num FROM alembic_version").fetchone() != (HEAD_REVISION,):
             return None
-        return _one(connection.cursor(), "?", job_id)
+        # The embedded default's time is this host's (shared/clock.py database_now), stored naive.
+        return _one(connection.cursor(), "?", job_id, now=datetime.now(timezone.utc).replace(tzinfo=None))
     finally:
         connection.close()
 
@@ -109,10 +113,11 @@ def _read_postgres(url: str, job_id: str) -> Optional[dict[str, Any]]:
         cursor.execute("SELECT version_num FROM alembic_version")
         if cursor.fetchone() != (HEAD_REVISION,):
             return None
-        return _one(cursor, "%s", job_id)
+        cursor.execute("SELECT statement_timestamp()")  # the server's time, as shared/clock.py reads it
+        return _one(cursor, "%s", job_id, now=cursor.fetchone()[0])
 
 
-def _one(cursor, placeholder: str, job_id: str) -> Optional[dict[str, Any]]:
+def _one(cursor, placeholder: str, job_id: str, *, now: datetime) -> Optional[dict[str, Any]]:
     cursor.execute(_BY_ID.format(p=placeholder), (job_id,))
     rows = cursor.fetchall()
     if not rows:
@@ -120,7 +125,15 @@ def _one(cursor, placeholder: str, job_id: str) -> Optional[dict[str, Any]]:
         rows = cursor.fetchall()
     if len(rows) != 1:
         return None
-    return dict(zip([column[0] for column in cursor.description], rows[0]))
+    row = dict(zip([column[0] for column in cursor.description], rows[0]))
+    row["live_consumers"] = None
+    if row["status"] == JobStatus.queued.value:
+        # shared.registry.live_workers' rule: a recent heartbeat, the queue among the row's queues.
+        cursor.execute("SELECT queues, heartbeat_at FROM workers")
+        since = now - timedelta(seconds=ALIVE_SECONDS)
+        row["live_consumers"] = sum(1 for queues, beat in cursor.fetchall()
+                                    if beat >= since and row["queue"] in queues.split(","))
+    return row
 
 
 # SQLite hands back text for these declared types; SQLAlchemy stores DateTime as ISO text

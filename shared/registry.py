@@ -17,11 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import database_now
 from shared.models import WorkerRecord
-from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
-
-HEARTBEAT_SECONDS = 2.0
-# A worker counts as alive while its heartbeat is younger than this (four missed beats).
-ALIVE_SECONDS = 4 * HEARTBEAT_SECONDS
+from shared.states import ALIVE_SECONDS
 
 
 def register_worker(*, session: Session, name: str, host: str, queues: list[str], device: str,
@@ -50,22 +46,7 @@ def all_workers(*, session: Session) -> list[WorkerRecord]:
 
 def live_workers(*, session: Session, queue: Optional[str] = None) -> list[WorkerRecord]:
     """Workers whose heartbeat is recent, optionally only those that consume `queue`."""
-    since = database_now(session) - timedelta(seconds=ALIVE_SECONDS)
-    rows = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= since)
+    now = database_now(session)
+    rows = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= now - timedelta(seconds=ALIVE_SECONDS))
                            .order_by(WorkerRecord.name)).all()
     return [row for row in rows if queue is None or queue in row.queues.split(",")]
-
-
-def how_to_serve(queue: str) -> str:
-    """What to start so that a live worker consumes `queue`, for the messages that say none does."""
-    if queue == GPU_QUEUE:
-        return "start `cifarq worker` on a host with an NVIDIA GPU"
-    if queue == CPU_QUEUE:
-        return "start `cifarq local start` on a host without a GPU, or `cifarq worker --gpu none`"
-    if queue == DEFAULT_QUEUE:
-        return "start `cifarq local start` or `cifarq worker`"
-    return f"start `cifarq worker --queues {queue}`"
-
-
-def nobody_serves(queue: str) -> str:
-    return f"no live worker consumes queue {queue!r}: {how_to_serve(queue)}"

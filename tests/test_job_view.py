@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import update
@@ -42,12 +42,29 @@ def test_the_quick_read_gives_what_the_orm_gives(env, database):
             cancel_requested=True, error=None))
     for job_id in (queued, cancelled, running, succeeded):
         quick = read_job(url, job_id)
-        assert quick is not None and quick == orm_read(database, job_id), job_id
+        assert quick is not None and quick == {**orm_read(database, job_id), "live_consumers": quick["live_consumers"]}
         assert read_job(url, job_id[:6]) == quick  # a unique prefix
+        assert (quick["live_consumers"] is None) == (job_id != queued)
     running_view = read_job(url, running)
     assert running_view["progress"]["phase"] == "training" and running_view["packed_with"] == 3
     assert running_view["provenance"]["data"]["files"] == ["a", "b"]
     assert running_view["started_at"] == orm_read(database, running)["started_at"] is not None
+
+    # A queued job's live consumers, counted as shared.registry counts them: a fresh heartbeat and
+    # the job's queue among the worker's.
+    from shared.registry import live_workers, register_worker
+    from shared.models import WorkerRecord
+
+    assert read_job(url, queued)["live_consumers"] == 0
+    with database.session_scope() as session:
+        for name, queues in (("live-default", ["default", "cpu"]), ("live-gpu", ["gpu"]), ("stale", ["default"])):
+            register_worker(session=session, name=name, host="h", queues=queues, device="cpu", gpu_index=None,
+                            gpu_name=None, pid=1)
+        session.execute(update(WorkerRecord).where(WorkerRecord.name == "stale")
+                        .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
+    with database.session_scope() as session:
+        counted = len(live_workers(session=session, queue="default"))
+    assert read_job(url, queued)["live_consumers"] == counted == 1
 
     # Where it cannot answer, it says nothing, and the ORM's read explains.
     assert read_job(url, "ffff0000ffff0000") is None  # no such job
@@ -60,7 +77,7 @@ def test_the_quick_read_gives_what_the_orm_gives(env, database):
         assert read_job(url.replace("127.0.0.1:5432", "127.0.0.1:1"), queued) is None  # away
 
 
-def test_status_of_a_finished_job_never_imports_sqlalchemy(sqlite_env):
+def test_status_never_imports_sqlalchemy(sqlite_env):
     job = sqlite_env.submit_train("--epochs", "1")
     sqlite_env.cli("cancel", job)
     probe = ("import sys\nsys.argv = ['cifarq', 'status', sys.argv[1], '--json']\nfrom api_cli.main import main\n"
@@ -70,10 +87,13 @@ def test_status_of_a_finished_job_never_imports_sqlalchemy(sqlite_env):
                             env=sqlite_env.vars, cwd=REPO, timeout=60)
     assert "SQLALCHEMY False EXIT 0" in result.stderr, result.stderr
     assert '"status": "cancelled"' in result.stdout
-    # The probe would notice: a queued job's status asks the worker registry through the ORM.
     queued = sqlite_env.submit_train("--epochs", "1")
     result = subprocess.run([sys.executable, "-c", probe, queued], capture_output=True, text=True,
                             env=sqlite_env.vars, cwd=REPO, timeout=60)
+    assert "SQLALCHEMY False EXIT 0" in result.stderr and '"live_consumers": 0' in result.stdout, result.stderr
+    # The probe would notice: `status --follow` polls through the ORM's pooled connection.
+    result = subprocess.run([sys.executable, "-c", probe.replace("'--json'", "'--json', '--follow'"), job],
+                            capture_output=True, text=True, env=sqlite_env.vars, cwd=REPO, timeout=60)
     assert "SQLALCHEMY True EXIT 0" in result.stderr, result.stderr
 
 

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Optional
 
-from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
+from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE, HEARTBEAT_SECONDS
 from shared.db import session_scope
 from shared.errors import CifarqError
 from shared.liveness import mark_alive
@@ -68,7 +68,7 @@ def _lease_gpu(gpu: str, holder: str) -> Optional[Lease]:
 
 
 def _heartbeat(stop: threading.Event, record: dict) -> None:
-    while not stop.wait(registry.HEARTBEAT_SECONDS):
+    while not stop.wait(HEARTBEAT_SECONDS):
         try:
             with session_scope() as session:
                 if not registry.touch_worker(session=session, name=record["name"]):
