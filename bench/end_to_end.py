@@ -1,7 +1,7 @@
 """`cifarq submit train` end to end through the queue, against the tutorial's script, in one run.
 
-usage: python bench/end_to_end.py [--data DIR] [--epochs 1,2] [--rows tutorial,cold,warmed,no-warm-up]
-                                  [--out FILE.json]
+usage: python bench/end_to_end.py [--data DIR] [--epochs 1,2] [--rows tutorial,cold,warmed,no-warm-up,eager]
+                                  [--device cpu|cuda] [--out FILE.json]
 
 Per --epochs value, each row on the real CIFAR-10 (laid out from ../shared/datasets into --data
 when absent), one after another on this machine:
@@ -18,7 +18,9 @@ when absent), one after another on this machine:
 
 A cifarq row's time runs from `cifarq submit train` to `cifarq wait` returning: the job's start,
 data loading, compile where it compiles, training, the test evaluation, the records. The worker
-is the embedded default (SQLite + filesystem broker).
+is the embedded default (SQLite + filesystem broker). `--device cuda` runs the tutorial and the
+jobs on the GPU (the warm-up is the CPU's: there, `cold` is the row; `compile_seconds` is then the
+CUDA graph's capture). Each row also has the job's queue-to-start time (`submit_to_start_seconds`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,13 +45,13 @@ import json, sys
 from pathlib import Path
 import torch
 from bench.train_throughput import tutorial_loop
-print(json.dumps(tutorial_loop(Path(sys.argv[1]), int(sys.argv[2]), torch.device("cpu"))))
+print(json.dumps(tutorial_loop(Path(sys.argv[1]), int(sys.argv[2]), torch.device(sys.argv[3]))))
 """
 
 
-def tutorial_row(data: Path, epochs: int) -> dict:
+def tutorial_row(data: Path, epochs: int, device: str) -> dict:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", TUTORIAL, str(data), str(epochs)], cwd=REPO, check=True,
+    result = subprocess.run([sys.executable, "-c", TUTORIAL, str(data), str(epochs), device], cwd=REPO, check=True,
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     seconds = time.perf_counter() - started
     loop = json.loads(result.stdout.strip().splitlines()[-1])
@@ -60,7 +63,7 @@ def warm_marks(home: Path) -> list[Path]:
     return [p for p in marks.iterdir() if not p.name.startswith(".")] if marks.is_dir() else []
 
 
-def cifarq_row(data: Path, epochs: int, row: str) -> dict:
+def cifarq_row(data: Path, epochs: int, row: str, device: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="cifarq-bench-e2e-") as tmp:
         home = Path(tmp)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("CIFARQ_") and k != "TORCHINDUCTOR_CACHE_DIR"},
@@ -79,7 +82,7 @@ def cifarq_row(data: Path, epochs: int, row: str) -> dict:
                     time.sleep(0.5)
                 out["warm_up_seconds"] = round(time.perf_counter() - worker_started, 1)
             started = time.perf_counter()
-            job = json.loads(cli(env, "submit", "train", "--epochs", str(epochs), "--device", "cpu",
+            job = json.loads(cli(env, "submit", "train", "--epochs", str(epochs), "--device", device,
                                  "--json")[0].stdout)["id"]
             subprocess.run([sys.executable, "-m", "api_cli.main", "wait", job, "--timeout", "3600"], env=env,
                            cwd=REPO, capture_output=True, check=False, timeout=3700)
@@ -89,6 +92,8 @@ def cifarq_row(data: Path, epochs: int, row: str) -> dict:
                 raise SystemExit(f"{row}: job ended {status['status']}: {status['error']}")
             out["accuracy"] = status["metrics"]["test_accuracy"]
             out["compile_seconds"] = status["progress"]["compile_seconds"]
+            out["submit_to_start_seconds"] = round((datetime.fromisoformat(status["started_at"]) -
+                                                    datetime.fromisoformat(status["created_at"])).total_seconds(), 2)
             out["epoch_images_per_second"] = [int(m) for m in re.findall(r"(\d+) images/s",
                                                                          cli(env, "logs", job)[0].stdout)]
         finally:
@@ -101,6 +106,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "cifarq-bench-cifar10")
     parser.add_argument("--epochs", default="1,2")
     parser.add_argument("--rows", default="tutorial,cold,warmed,no-warm-up")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -110,7 +116,8 @@ def main() -> None:
     for epochs in [int(e) for e in args.epochs.split(",")]:
         run: dict = {}
         for row in rows:
-            run[row] = tutorial_row(data, epochs) if row == "tutorial" else cifarq_row(data, epochs, row)
+            run[row] = (tutorial_row(data, epochs, args.device) if row == "tutorial"
+                        else cifarq_row(data, epochs, row, args.device))
             if "tutorial" in run and row != "tutorial":
                 run[row]["x_tutorial"] = round(run["tutorial"]["seconds"] / run[row]["seconds"], 2)
             print(f"--epochs {epochs} {row}: {json.dumps(run[row])}", file=sys.stderr, flush=True)

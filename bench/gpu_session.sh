@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1
 exec > >(tee "$OUT/gpu_session.log") 2>&1
 
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
-STAGES=${STAGES:-tests,queue,throughput,packed,airbench}  # a rerun may name fewer
+STAGES=${STAGES:-tests,queue,throughput,packed,e2e,airbench}  # a rerun may name fewer
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 stage packages
@@ -79,6 +79,10 @@ timeout 120 python3 bench/packed_step.py --device cuda --points 1,8,64,256 --out
 timeout 300 python3 bench/packed_sweep.py --data "$DATA" --device cuda --lr 0.001 --seed "$(seq -s, 0 63)" \
     --pack-size 64 --baseline single --out "$OUT/packed_sweep.json"
 fi
+
+stage "the first job on a fresh GPU worker, end to end, against the tutorial's script on the GPU"
+want e2e && timeout 300 python3 bench/end_to_end.py --data "$DATA" --device cuda --epochs 2 --rows tutorial,cold \
+    --out "$OUT/end_to_end.json"
 
 stage "airbench94's own code (airbench 0.1.8), same data, same GPU"
 want airbench && timeout 150 python3 bench/airbench_reference.py --data-dir "$DATA" --runs 5 --work-dir /tmp/airbench \

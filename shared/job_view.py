@@ -73,13 +73,13 @@ def read_job(database_url: str, job_id: str) -> Optional[dict[str, Any]]:
             row = _read_postgres("postgresql://" + database_url.split("://", 1)[1], job_id)
         else:
             return None
+        if row is None:
+            return None
+        consumers = row.pop("live_consumers")
+        row["kind"], row["status"] = JobKind(row["kind"]), JobStatus(row["status"])
+        return {**job_to_dict(SimpleNamespace(**row)), "live_consumers": consumers}
     except Exception:  # noqa: BLE001 - the ORM path meets the same problem and says what it is
         return None
-    if row is None:
-        return None
-    consumers = row.pop("live_consumers")
-    row["kind"], row["status"] = JobKind(row["kind"]), JobStatus(row["status"])
-    return {**job_to_dict(SimpleNamespace(**row)), "live_consumers": consumers}
 
 
 # By id, else by prefix: two rows at most, so that an ambiguous prefix is seen (and left to the

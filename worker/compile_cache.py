@@ -74,10 +74,16 @@ def write_figures(key: str, figures: dict) -> None:
 @contextmanager
 def compile_lock(*, exclusive: bool) -> Iterator[None]:
     """The warm-up holds it exclusively while it compiles; a job's compile takes it shared, so it
-    waits for a warm-up in progress and then reads the step from the cache."""
-    marks = _marks_dir()
-    marks.mkdir(parents=True, exist_ok=True)
-    with open(marks / ".lock", "a+") as lock:
+    waits for a warm-up in progress and then reads the step from the cache. Where the lock file
+    cannot be made (a read-only cache), nothing waits: the compile goes ahead unlocked."""
+    try:
+        marks = _marks_dir()
+        marks.mkdir(parents=True, exist_ok=True)
+        lock = open(marks / ".lock", "a+")
+    except OSError:
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
             yield
