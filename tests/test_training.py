@@ -170,10 +170,13 @@ def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
                                         "eager_seconds_per_step": 0.0006, "compiled_seconds_per_step": 0.0005})
     assert compile_step(step, hooks, mode="auto", batch_size=4, steps=30_001) is not None
     assert compile_step(step, hooks, mode="auto", batch_size=4, steps=29_999) is None
+    assert hooks.lines.pop() == ("the step runs eagerly: compiled, its 29999 steps would save 3.0 s, less than 1.5x "
+                                 "the 2.0 s its compile takes (this worker's warm-up figures)")
     assert compile_step(step, hooks, mode="auto", batch_size=8, steps=30_001) is None  # no figures: cold rule
     write_figures(shape_key(step, 4), {"first_compile_seconds": 20.0, "cached_compile_seconds": 2.0,
                                         "eager_seconds_per_step": 0.0005, "compiled_seconds_per_step": 0.0006})
     assert compile_step(step, hooks, mode="auto", batch_size=4, steps=10 * COMPILE_MIN_STEPS) is None  # slower
+    assert hooks.lines.pop().startswith("the step runs eagerly: compiled, its 1000000 steps would save 0.0 s")
     assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is not None
     monkeypatch.setenv("CXX", "no-such-compiler")
     assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is None

@@ -50,6 +50,7 @@ def test_a_worker_warms_the_cache_and_its_jobs_follow_the_figures(sqlite_env, me
                                         "compiled_seconds_per_step": 0.001}))
     eager = _job(sqlite_env)
     assert eager["progress"]["compile_seconds"] is None and "step compiled" not in eager["log"]
+    assert "the step runs eagerly: compiled, its 1000 steps would save 0.0 s, less than 1.5x the" in eager["log"]
     # Same seed, same batches: the compiled step trains the model the eager one does.
     assert abs(compiled["metrics"]["test_accuracy"] - eager["metrics"]["test_accuracy"]) <= 0.02
 
