@@ -59,13 +59,19 @@ def job_to_dict(job: Any) -> dict[str, Any]:
     }
 
 
+def may_be_id_prefix(text: str) -> bool:
+    """An id or the prefix of one, as lookups take it: letters and digits only (so LIKE's
+    wildcards never reach a query), 4 or more (a shorter prefix matches too much to be meant)."""
+    return 4 <= len(text) <= 64 and text.isalnum()
+
+
 def read_job(database_url: str, job_id: str) -> Optional[dict[str, Any]]:
     """job_to_dict of the job with this id or unique id prefix, with "live_consumers": how many
     live workers consume a queued job's queue (None for other jobs, as shared.registry counts
     them); or None where this quick read does not answer (the caller then asks the ORM, which
     explains)."""
-    if not (4 <= len(job_id) <= 64 and job_id.isalnum()):
-        return None  # too short, or characters that never make an id: the ORM path's error
+    if not may_be_id_prefix(job_id):
+        return None  # the ORM path says what is wrong with it
     try:
         if database_url.startswith("sqlite:///") and "?" not in database_url:
             row = _read_sqlite(database_url[len("sqlite:///"):], job_id)
@@ -82,8 +88,8 @@ def read_job(database_url: str, job_id: str) -> Optional[dict[str, Any]]:
         return None
 
 
-# By id, else by prefix: two rows at most, so that an ambiguous prefix is seen (and left to the
-# ORM path's error). LIKE is safe: the id was checked to be letters and digits only.
+# By id, else by prefix (as shared.jobs.get_job): two rows at most, so that an ambiguous prefix
+# is seen (and left to the ORM path's error). LIKE is safe: see may_be_id_prefix.
 _BY_ID = "SELECT * FROM jobs WHERE id = {p}"
 _BY_PREFIX = "SELECT * FROM jobs WHERE id LIKE {p} LIMIT 2"
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import database_now
 from shared.errors import CifarqError, shown
+from shared.job_view import may_be_id_prefix
 from shared.models import Checkpoint, EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 from shared.settings import get_settings
 
@@ -92,9 +93,9 @@ def get_job(*, session: Session, job_id: str) -> Job:
 
 
 def _one_by_prefix(*, session: Session, query: Select, prefix: str, noun: str) -> Any:
-    """The one row `query` finds for an id prefix. Only letters and digits, 4 or more: a shorter
-    prefix matches too much to be meant, and LIKE's wildcards never reach the query."""
-    if 4 <= len(prefix) <= 64 and prefix.isalnum():
+    """The one row `query` finds for an id prefix (shared.job_view.may_be_id_prefix says which
+    prefixes are looked up at all)."""
+    if may_be_id_prefix(prefix):
         matches = session.scalars(query.limit(2)).all()
         if len(matches) == 1:
             return matches[0]
