@@ -2,7 +2,7 @@
 
 usage: python bench/train_throughput.py [--epochs 2] [--data-dir DIR] [--device cpu|cuda] [--out FILE.json]
            [--fast-epochs N] [--fast-train-images N] [--fast-test-images N] [--seeds 0,1,2]
-           [--fast-seeds 0,1,2,3,4] [--skip tutorial,autograd,default,fast]
+           [--fast-seeds 0,1,2,3,4] [--cpu-compile auto|always|never] [--skip tutorial,autograd,default,fast]
 
 Rows, all measured in this one run on this one device, speed as a ratio to the first:
 - "tutorial loop": the tutorial's code as published (below);
@@ -101,12 +101,19 @@ class Quiet:
     def epoch_done(self, **_): pass
 
 
+# --cpu-compile: the worker's CIFARQ_CPU_COMPILE. With `auto`, the row follows a worker's rule: the
+# figures of a warm-up (python -m worker.warm_up) in this process's inductor cache where there are
+# some, else eager below 100,000 steps (worker/compile_cache.py).
+CPU_COMPILE = "auto"
+
+
 def timed_train(config: TrainConfig, train_set: Split, device: torch.device) -> tuple[nn.Module, float, list[str]]:
     """worker/train.py's train() on a set already in memory (read once for every row): the
     model, its wall seconds, its log lines."""
     hooks = Timings()
     started = time.perf_counter()
-    model = train(config, data_dir=DATA_READ_BY_MAIN, device=device, hooks=hooks, train_set=train_set)
+    model = train(config, data_dir=DATA_READ_BY_MAIN, device=device, hooks=hooks, train_set=train_set,
+                  cpu_compile=CPU_COMPILE)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return model, time.perf_counter() - started, hooks.lines
@@ -205,8 +212,12 @@ def main() -> None:
     parser.add_argument("--fast-epochs", type=int, default=None, help="default: the recipe's 10 (CUDA), 2 (CPU)")
     parser.add_argument("--fast-train-images", type=int, default=None, help="default: all (CUDA), 5000 (CPU)")
     parser.add_argument("--fast-test-images", type=int, default=None, help="default: all (CUDA), 2000 (CPU)")
+    parser.add_argument("--cpu-compile", choices=["auto", "always", "never"], default="auto",
+                        help="the worker's CIFARQ_CPU_COMPILE for the cifarq rows")
     parser.add_argument("--skip", default="", help="rows to leave out, comma-separated: tutorial,autograd,default,fast")
     args = parser.parse_args()
+    global CPU_COMPILE
+    CPU_COMPILE = args.cpu_compile
     data_dir = real_cifar10(args.data_dir)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
