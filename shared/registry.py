@@ -46,7 +46,7 @@ def all_workers(*, session: Session) -> list[WorkerRecord]:
 
 def live_workers(*, session: Session, queue: Optional[str] = None) -> list[WorkerRecord]:
     """Workers whose heartbeat is recent, optionally only those that consume `queue`."""
-    now = database_now(session)
-    rows = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= now - timedelta(seconds=ALIVE_SECONDS))
+    since = database_now(session) - timedelta(seconds=ALIVE_SECONDS)
+    rows = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= since)
                            .order_by(WorkerRecord.name)).all()
     return [row for row in rows if queue is None or queue in row.queues.split(",")]
