@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -95,8 +96,6 @@ _BY_PREFIX = "SELECT * FROM jobs WHERE id LIKE {p} LIMIT 2"
 
 
 def _read_sqlite(path: str, job_id: str) -> Optional[dict[str, Any]]:
-    from pathlib import Path
-
     if "%" in path or not Path(path).is_file():
         return None  # an escaped URL, or a new database that the ORM path creates and migrates
     # Read-only: this read never creates, migrates or locks anything.

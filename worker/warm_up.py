@@ -23,19 +23,13 @@ from worker.compile_cache import can_compile, compile_lock, compiler, shape_key,
 def warm_up() -> str:
     """Compile the default recipe's CPU step into inductor's cache and measure it, unless that
     was done already. One line saying what happened."""
-    import torch
-
-    from worker.recipes.tutorial import CompiledStep
-
-    torch.set_num_threads(1)  # as a CPU job at batch 4 runs (worker/devices.py)
     step_fn, batch_size = _default_step()
     key = shape_key(step_fn, batch_size)
     with compile_lock(exclusive=True):
         if warm_figures(key) is not None:
             return "the default step is in the compile cache already"
         messages: list[str] = []
-        compiled = CompiledStep(step_fn, _Log(messages), wait_for_warm_up=False)  # it holds the lock
-        first_seconds = compiled.compile_now(batch_size, torch.device("cpu"))
+        compiled, first_seconds = _compile(step_fn, batch_size, messages)
         if compiled.state != "ready":
             return f"warming up the compile cache failed: {' '.join(messages)}"
         try:
@@ -59,14 +53,26 @@ def _cached_compile_seconds() -> float:
     return round(float(result.stdout.split()[-1]), 2)
 
 
+def _compile(step_fn, batch_size: int, messages: list[str]):
+    """The step compiled now (the warm-up holds the compile lock: no waiting for it), and the seconds it took."""
+    import torch
+
+    from worker.recipes.tutorial import CompiledStep
+
+    compiled = CompiledStep(step_fn, _Log(messages), wait_for_warm_up=False)
+    return compiled, compiled.compile_now(batch_size, torch.device("cpu"))
+
+
 def _default_step():
-    """The default recipe's step, as a job makes it, and its batch size."""
+    """The default recipe's step, as a job makes it (one thread, as a CPU job at batch 4 runs:
+    worker/train.py), and its batch size."""
     import torch
 
     from shared.jobspec import TrainConfig
     from worker.model import Net
     from worker.recipes.tutorial_step import TutorialStep
 
+    torch.set_num_threads(1)
     config = TrainConfig()
     model = Net(config.width)
     step_fn = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum))
@@ -99,14 +105,8 @@ class _Log:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--time-cached-compile"]:
-        import torch
-
-        from worker.recipes.tutorial import CompiledStep
-
-        torch.set_num_threads(1)
-        step_fn, batch_size = _default_step()
-        print(CompiledStep(step_fn, _Log([]), wait_for_warm_up=False).compile_now(batch_size, torch.device("cpu")))
+    if sys.argv[1:] == ["--time-cached-compile"]:  # _cached_compile_seconds' new process
+        print(_compile(*_default_step(), messages=[])[1])
         return
     started = time.perf_counter()
     try:
