@@ -6,6 +6,8 @@ import io
 import json
 import os
 import pty
+import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -131,7 +133,10 @@ def test_wait_draws_bars_on_a_terminal_and_keeps_json_clean(worker_env):
     assert code == 0, stderr
     assert json.loads(stdout)["status"] == "succeeded", "stdout holds the JSON only"
     assert "\r\x1b[2K" in stderr, "redrawn in place"
-    assert "epoch 1/3 [" in stderr and "/3000" in stderr and "images/s" in stderr and "ETA" in stderr
+    # A compiled epoch takes about a second, so under load a whole epoch may pass between two polls
+    # (CI once saw no bar for epoch 1): a bar for some epoch is what is asked, not one for each.
+    assert re.search(r"epoch [123]/3 \[[#-]+\] \d+/3000", stderr), stderr
+    assert "images/s" in stderr and "ETA" in stderr
     assert stderr.rstrip().splitlines()[-1].startswith(f"{job_id}: succeeded, epoch 3/3, step 3000/3000")
     # The compile (seconds, even from the cache) is a phase of its own on the terminal; the short
     # phases may pass between two polls. Whatever was seen came in the order the job goes.
@@ -142,8 +147,6 @@ def test_wait_draws_bars_on_a_terminal_and_keeps_json_clean(worker_env):
     status = worker_env.cli_json("status", job_id)
     assert status["progress"]["phase"] is None and status["progress"]["compile_seconds"] > 0
     # The bar's images/s (from heartbeats) and the log's (per epoch) measure the same thing.
-    import re
-    import statistics
 
     bar_rates = [float(r.replace(",", "")) for r in re.findall(r"([\d,]+) images/s", stderr)]
     log_rates = [float(r) for r in re.findall(r"^epoch \d/3: .* (\d+) images/s$", worker_env.cli("logs", job_id).stdout, re.M)]
