@@ -33,7 +33,7 @@ from worker.data import Split, load_split
 from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_generator, report_step
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
-from worker.compile_cache import (MARGIN, can_compile, compile_lock, compile_pays, compiler, shape_key,
+from worker.compile_cache import (COMPILE_OPTIONS, MARGIN, can_compile, compile_lock, compile_pays, compiler, shape_key,
                                   warm_figures)
 
 CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
@@ -164,7 +164,7 @@ class CompiledStep:
         # daemonic Celery pool process, and on a 2-core worker they would compete with it.
         inductor_config.compile_threads = 1
         self.eager, self.hooks = step_fn, hooks
-        self.compiled = torch.compile(step_fn.__call__, fullgraph=True, dynamic=False)
+        self.compiled = torch.compile(step_fn.__call__, fullgraph=True, dynamic=False, options=dict(COMPILE_OPTIONS))
         self.state = "new"
         self.wait_for_warm_up = wait_for_warm_up
 
