@@ -74,6 +74,11 @@ class Speed:
         beat = _parse_time(job.get("heartbeat_at"))
         if beat is None or not p["steps_per_epoch"] or job["status"] != "running":
             return
+        if p.get("phase") not in (None, "training"):
+            # Loading data, compiling, evaluating: no steps move, and a rate from a heartbeat of
+            # such a phase to one of training would count the phase's seconds as training's.
+            self._last = None
+            return
         done = (current_epoch(job) - 1) * p["steps_per_epoch"] + p["step"]
         if self._last is not None and beat > self._last[0] and done > self._last[1]:
             self.steps_per_second = (done - self._last[1]) / (beat - self._last[0])

@@ -107,8 +107,9 @@ def test_redis_restart_loses_no_queued_job_and_runs_none_twice(tmp_path, medium_
     try:
         env.cli("db", "upgrade")
         env.start_worker()
-        running = env.submit_train("--epochs", "3", "--lr", "0.01")
-        env.wait_for(running, lambda s: s["status"] == "running", what="running")
+        # 10 epochs (medium_cifar's rule): caught running by a polling CLI even on a busy machine.
+        running = env.submit_train("--epochs", "10", "--lr", "0.01")
+        env.wait_until_training(running)
         queued = [env.submit_train("--epochs", "1", "--lr", "0.01") for _ in range(3)]
         redis_server.stop()  # the queued messages are gone with it: no persistence
         redis_server.start()

@@ -64,8 +64,15 @@ def test_workers_shows_live_workers_with_their_job(sqlite_env):
         job = session.get(Job, job_id)
         job.status, job.worker, job.epoch, job.step, job.steps_per_epoch = (
             JobStatus.running, "cifarq-gpu-11@node1", 1, 300, 12500)
-    engine.dispose()
 
+    def beat_three_seconds_ago() -> None:
+        """The live worker beats anew before each call that needs it live: a CLI call takes 0.5 to
+        2 s on a busy 2-core machine, and three of them would outlast its ALIVE_SECONDS."""
+        with Session(engine) as session, session.begin():
+            session.get(WorkerRecord, "cifarq-gpu-11@node1").heartbeat_at = \
+                datetime.now(timezone.utc) - timedelta(seconds=3)
+
+    beat_three_seconds_ago()
     live = env.cli("workers", "--json")
     (row,) = __import__("json").loads(live.stdout)
     assert row["name"] == "cifarq-gpu-11@node1" and row["host"] == "node1" and row["device"] == "cuda"
@@ -79,6 +86,8 @@ def test_workers_shows_live_workers_with_their_job(sqlite_env):
     # Stale by the same measure as `cifarq run`'s live workers, not by a job's stale-after setting.
     assert every["cifarq-cpu-13@node3"]["stale"] is True
     assert every["cifarq-cpu-13@node3"]["heartbeat_age_seconds"] >= ALIVE_SECONDS + 15
+    beat_three_seconds_ago()
+    engine.dispose()
     assert [r["name"] for r in env.cli_json("workers", extra_env={"CIFARQ_STALE_AFTER_SECONDS": "1"})] == \
         ["cifarq-gpu-11@node1"]
     text = env.cli("workers", "--all").stdout.splitlines()

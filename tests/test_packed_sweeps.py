@@ -244,7 +244,9 @@ def test_cancelling_one_point_stops_it_alone(env):
     cancelled = env.wait_for(target, lambda s: s["status"] == "cancelled", timeout=30, what="cancelled")
     assert cancelled["error"].startswith("cancelled"), cancelled
     still = statuses(env, others)
-    assert all(s["status"] == "running" for s in still.values()), f"the other points go on: {still}"
+    # Running on, or (on a machine slow enough that their epochs outran these CLI calls) done: the
+    # checks below, attempts 1 and no resume, say they were never stopped.
+    assert all(s["status"] in ("running", "succeeded") for s in still.values()), f"the other points go on: {still}"
 
     done = wait_all(env, others)
     for job_id, s in done.items():

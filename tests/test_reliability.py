@@ -43,7 +43,9 @@ def test_killed_worker_job_resumes_on_another_and_matches_an_uninterrupted_run(e
     env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["epoch"] >= 2,
                  what="epoch 2 checkpointed")
     env.kill_worker(env.worker_running(job_id), signal.SIGKILL)
-    assert env.cli_json("status", job_id)["status"] == "running", "killed before it could finish"
+    # Running still, or already re-queued by the other worker's reaper (a few seconds with
+    # FAST_FAULTS, which a slow CLI call can outlast): not finished, either way.
+    assert env.cli_json("status", job_id)["status"] in ("running", "queued"), "killed before it could finish"
 
     assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
     status = env.cli_json("status", job_id)
@@ -116,10 +118,24 @@ def test_a_worker_killed_hard_is_noticed_within_15_s_at_the_defaults(env):
     env.wait_for(job_id, lambda s: s["status"] == "running" and s["progress"]["epoch"] >= 1, what="epoch 1 done")
     killed_at = time.monotonic()
     env.kill_worker(env.worker_running(job_id), signal.SIGKILL)
-    status = env.wait_for(job_id, lambda s: s["attempts"] == 2, timeout=60, what="taken over")
+    # Watched in the database every 0.1 s: polling through CLI processes (0.5 to 2 s a call on a
+    # busy machine) would add seconds of the test's own to what is measured.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env.vars["CIFARQ_DATABASE_URL"])
+    try:
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(text("SELECT attempts FROM jobs WHERE id = :j"), {"j": job_id}).scalar() >= 2:
+                    break
+            assert time.monotonic() - killed_at < 60, "not taken over within 60 s"
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
     took = time.monotonic() - killed_at
+    status = env.cli_json("status", job_id)
     print(f"a worker killed hard: its job was running again after {took:.1f} s")
-    assert took <= 15 + 3, f"taken over after {took:.1f} s"  # 3 s: the claim and this test's own polling
+    assert took <= 15 + 3, f"taken over after {took:.1f} s"  # 3 s: the other worker's claim
     assert status["status"] in ("running", "succeeded")
     assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
 
