@@ -144,6 +144,18 @@ def _base_env(home: Path, data_dir: Path) -> dict[str, str]:
     return env
 
 
+def query(env, sql: str, job_id: str) -> list:
+    """Read straight from the database, not through cifarq's own code (nor a CLI process)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env.vars.get("CIFARQ_DATABASE_URL") or f"sqlite:///{env.home / 'cifarq.db'}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), {"j": job_id})]
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def medium_cifar(tmp_path_factory) -> Path:
     """2,000 training images: an epoch takes half a second to a second; give a job to be interrupted

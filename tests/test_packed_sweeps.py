@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import BACKENDS, env_with_worker
+from tests.conftest import BACKENDS, env_with_worker, query
 from tests.tutorial_net import TutorialNet
 
 pytestmark = pytest.mark.slow  # minutes of real workers, one killed: CI runs it, the inner loop does not
@@ -76,18 +76,6 @@ def wait_all(env, ids, timeout: float = 300) -> dict[str, dict]:
 def by_params(found: dict[str, dict]) -> dict[tuple, str]:
     """(lr, seed) -> job id."""
     return {(s["params"]["lr"], s["params"]["seed"]): job_id for job_id, s in found.items()}
-
-
-def query(env, sql: str, job_id: str) -> list:
-    """Read straight from the database, not through cifarq's own code."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(env.vars.get("CIFARQ_DATABASE_URL") or f"sqlite:///{env.home / 'cifarq.db'}")
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(sql), {"j": job_id})]
-    finally:
-        engine.dispose()
 
 
 def epoch_metrics(env, job_id: str) -> list[tuple[int, float]]:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_env
+from tests.conftest import make_env, query
 
 pytestmark = pytest.mark.slow  # minutes of real workers and outages: CI runs it, the inner loop does not
 
@@ -120,18 +120,9 @@ def test_a_worker_killed_hard_is_noticed_within_15_s_at_the_defaults(env):
     env.kill_worker(env.worker_running(job_id), signal.SIGKILL)
     # Watched in the database every 0.1 s: polling through CLI processes (0.5 to 2 s a call on a
     # busy machine) would add seconds of the test's own to what is measured.
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(env.vars["CIFARQ_DATABASE_URL"])
-    try:
-        while True:
-            with engine.connect() as conn:
-                if conn.execute(text("SELECT attempts FROM jobs WHERE id = :j"), {"j": job_id}).scalar() >= 2:
-                    break
-            assert time.monotonic() - killed_at < 60, "not taken over within 60 s"
-            time.sleep(0.1)
-    finally:
-        engine.dispose()
+    while query(env, "SELECT attempts FROM jobs WHERE id = :j", job_id)[0][0] < 2:
+        assert time.monotonic() - killed_at < 60, "not taken over within 60 s"
+        time.sleep(0.1)
     took = time.monotonic() - killed_at
     status = env.cli_json("status", job_id)
     print(f"a worker killed hard: its job was running again after {took:.1f} s")
