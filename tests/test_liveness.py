@@ -43,7 +43,8 @@ def _validity(path) -> tuple[float, float]:
     """(seconds the mark was valid for when written, when it was written): from the file's own
     mtime, not this test's clock, which a busy machine may have stalled since the write."""
     with open(path) as mark:  # one inode: the deadline and its mtime from the same round
-        return float(mark.read()) - os.fstat(mark.fileno()).st_mtime, os.fstat(mark.fileno()).st_mtime
+        written = os.fstat(mark.fileno()).st_mtime
+        return float(mark.read()) - written, written
 
 
 def test_beat_marks_itself_alive_each_round_at_the_configured_interval(sqlite_env, tmp_path):

@@ -64,10 +64,15 @@ def warm_figures(key: str) -> Optional[dict]:
         return None
 
 
+def seconds_saved(figures: dict, steps: int) -> float:
+    """What `steps` compiled steps save against eager ones, by the warm-up's figures (< 0: they lose)."""
+    return steps * (figures["eager_seconds_per_step"] - figures["compiled_seconds_per_step"])
+
+
 def compile_pays(figures: dict, steps: int) -> bool:
     """Whether `steps` steps repay a compile from the cache, by the warm-up's figures."""
-    saved = figures["eager_seconds_per_step"] - figures["compiled_seconds_per_step"]
-    return saved > 0 and steps * saved > MARGIN * figures["cached_compile_seconds"]
+    saved = seconds_saved(figures, steps)
+    return saved > 0 and saved > MARGIN * figures["cached_compile_seconds"]
 
 
 def write_figures(key: str, figures: dict) -> None:

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 
-from worker.compile_cache import can_compile, compile_lock, compiler, shape_key, warm_figures, write_figures
+from worker.compile_cache import (can_compile, compile_lock, compiler, seconds_saved, shape_key, warm_figures,
+                                  write_figures)
 
 
 def warm_up() -> str:
@@ -40,7 +41,7 @@ def warm_up() -> str:
         except Exception as exc:  # noqa: BLE001 - without figures, jobs follow the rule for unmeasured shapes
             return f"the default step compiled into the cache in {first_seconds:.1f} s; timing it failed: {exc}"
         write_figures(key, figures)
-    saved = 1000 * (figures["eager_seconds_per_step"] - figures["compiled_seconds_per_step"])
+    saved = 1000 * seconds_saved(figures, 1)
     return (f"the default step compiled into the cache in {first_seconds:.1f} s; from the cache "
             f"{figures['cached_compile_seconds']:.1f} s; it saves {saved:.3f} ms a step")
 

@@ -33,8 +33,8 @@ from worker.data import Split, load_split
 from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_generator, report_step
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
-from worker.compile_cache import (COMPILE_OPTIONS, MARGIN, can_compile, compile_lock, compile_pays, compiler, shape_key,
-                                  warm_figures)
+from worker.compile_cache import (COMPILE_OPTIONS, MARGIN, can_compile, compile_lock, compile_pays, compiler,
+                                  seconds_saved, shape_key, warm_figures)
 
 CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
 # A CPU job compiles its step (CIFARQ_CPU_COMPILE=auto) where the worker's warm-up measured that
@@ -216,8 +216,8 @@ def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, step
     pays = steps >= cold_min_steps if figures is None else compile_pays(figures, steps)
     if mode == "never" or (mode == "auto" and not pays):
         if mode == "auto" and figures is not None:  # say why, where the answer came from a measurement
-            saved = steps * (figures["eager_seconds_per_step"] - figures["compiled_seconds_per_step"])
-            hooks.log(f"the step runs eagerly: compiled, its {steps} steps would save {max(saved, 0):.1f} s, less "
+            hooks.log(f"the step runs eagerly: compiled, its {steps} steps would save "
+                      f"{max(seconds_saved(figures, steps), 0):.1f} s, less "
                       f"than {MARGIN:g}x the {figures['cached_compile_seconds']:.1f} s its compile takes "
                       f"(this worker's warm-up figures)")
         return None
