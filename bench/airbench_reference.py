@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine, real_cifar10  # noqa: E402
+from bench.common import machine, real_cifar10, write_results  # noqa: E402
 from worker.data import load_split  # noqa: E402
 
 
@@ -85,8 +84,7 @@ def main() -> None:
                "median_seconds": statistics.median(seconds), "airbench_version": getattr(airbench, "__version__", None)}
     print(f"airbench94 ({len(runs)} runs): mean {100 * summary['mean_accuracy']:.2f}% "
           f"(sd {100 * summary['stdev_accuracy']:.2f}), median {summary['median_seconds']:.2f} s")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "summary": summary, "runs": runs}, indent=2))
+    write_results(out, {"machine": machine(), "summary": summary, "runs": runs})
     print(f"wrote {out}")
 
 

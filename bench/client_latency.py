@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 
 
 CHECKOUT: Path | None = None  # --checkout
@@ -105,7 +105,7 @@ def main() -> None:
                 redis.Redis.from_url(args.redis).flushdb()  # the submitted jobs' messages
     print(json.dumps(results, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

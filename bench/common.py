@@ -1,6 +1,7 @@
-"""Shared by the benchmarks: where the real CIFAR-10 is, and the machine a figure came from."""
+"""Shared by the benchmarks: where the real CIFAR-10 is, the machine a figure came from, and where it is written."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -36,3 +37,9 @@ def machine() -> dict:
     except OSError:
         pass
     return info
+
+
+def write_results(path: Path, results: dict) -> None:
+    """The figures as JSON at `path`, its folder made first (bench/results/ is not in a fresh clone)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")

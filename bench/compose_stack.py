@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from tests.compose_stack import (Stack, build_base_images, cifar_archive, copy_checkout,  # noqa: E402
                                  fill_wheelhouse, write_env_file)
 
@@ -99,8 +99,7 @@ def main() -> None:
 
     print(json.dumps(figures, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=2))
+        write_results(args.out, figures)
 
 
 if __name__ == "__main__":

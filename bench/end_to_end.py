@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine, real_cifar10  # noqa: E402
+from bench.common import machine, real_cifar10, write_results  # noqa: E402
 from bench.queue_latency import cli, start_worker, stop_worker  # noqa: E402
 
 TUTORIAL = """
@@ -124,7 +124,7 @@ def main() -> None:
         results["runs"][f"epochs={epochs}"] = run
     print(json.dumps(results, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from bench.queue_latency import cli, start_worker, stop_worker  # noqa: E402
 from tests.fakedata import write_cifar10  # noqa: E402
 
@@ -124,8 +124,7 @@ def main() -> None:
     print(f"{args.backend}: training {report['alone_seconds']:.1f} s alone, {report['followed_seconds']:.1f} s "
           f"with {args.followers} followers: {report['slowdown_percent']:+.1f}%"
           + (f"; {report['transactions_per_second_per_follower']:.2f} transactions/s per follower" if reads else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_results(out, report)
     print(f"wrote {out}")
 
 

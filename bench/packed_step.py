@@ -5,7 +5,7 @@ usage: python bench/packed_step.py [--device cpu|cuda] [--points 1,2,4,8,16,32] 
 
 `TutorialStep` (a lone job's step, worker/recipes/tutorial_step.py) and `PackedStep` of P points
 (worker/recipes/packed_step.py) on random batch-4 inputs, each warmed up, then timed over
---steps steps (CUDA: synchronised). --compile runs both through torch.compile as a CPU job does
+--steps steps (CUDA: synchronised). --compile runs both compiled (AOTInductor) as a CPU job does
 (compile time reported apart); on CUDA the steps are captured in a CUDA graph as the jobs do.
 On CUDA also the peak memory of each pack, per point. No data set, no queue: what packing does
 to the step itself; bench/packed_sweep.py measures a sweep end to end.
@@ -22,7 +22,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from tests.recording_hooks import Recorder  # noqa: E402
 from worker.model import Net  # noqa: E402
 from worker.recipes.packed_step import PackedStep  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
               "packs": rows}
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine, real_cifar10  # noqa: E402
+from bench.common import machine, real_cifar10, write_results  # noqa: E402
 from bench.queue_latency import cli, start_worker, stop_worker  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

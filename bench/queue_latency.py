@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from tests.fakedata import write_cifar10  # noqa: E402
 
 JOB = ["--epochs", "1", "--batch-size", "50", "--log-every", "1000", "--device", "cpu"]
@@ -130,8 +130,7 @@ def main() -> None:
     print(f"cifarq status: p50 {report['status_seconds']['p50']:.3f} s, p95 {report['status_seconds']['p95']:.3f} s, "
           f"max {report['status_seconds']['max']:.3f} s  (limit 0.5 s)")
     print(f"cifarq list: p50 {report['list_seconds']['p50']:.3f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"wrote {args.out}")
 
 

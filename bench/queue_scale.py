@@ -16,7 +16,6 @@ start. Needs PostgreSQL and Redis (CIFARQ_BENCH_PG, CIFARQ_BENCH_REDIS).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from bench.queue_latency import percentile  # noqa: E402
 from tests.fakedata import write_cifar10  # noqa: E402
 
@@ -186,8 +185,7 @@ def main() -> None:
               f"p99 {ours['queue_to_start_seconds']['p99']:.1f} s")
     report = {"machine": machine(), "workers": args.workers, "raw_celery": raw, "cifarq": ours,
               "ratio_jobs_per_second": ours["jobs_per_second"] / raw["jobs_per_second"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -20,7 +20,6 @@ CIFAR-10 is not byte-identical to the official files, so torchvision's md5 check
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import re
@@ -34,7 +33,7 @@ import torchvision
 import torchvision.transforms as transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine, real_cifar10  # noqa: E402
+from bench.common import machine, real_cifar10, write_results  # noqa: E402
 from shared.jobspec import TrainConfig  # noqa: E402
 from worker.data import load_split  # noqa: E402
 from worker.evaluate import evaluate  # noqa: E402
@@ -124,8 +123,8 @@ def cifarq_recipe(splits: tuple[Split, Split], epochs: int, device: torch.device
     model, seconds, lines = timed_train(TrainConfig(epochs=epochs, seed=seed), train_set, device)
     result = evaluate(model, test_set, device=device)
     # On the CPU the step may be compiled (worker/recipes/tutorial.py): its time is inside `seconds`, and apart here.
-    compiled = next((float(m.group(1)) for line in lines if (m := re.match(r"step compiled in ([0-9.]+) s", line))),
-                    None)
+    compiled = next((float(m.group(1)) for line in lines
+                     if (m := re.match(r"step compiled (?:ahead of time, loaded )?in ([0-9.]+) s", line))), None)
     row = {"seconds": seconds, "images_per_second": epochs * len(train_set) / seconds, "accuracy": result.accuracy,
            "seed": seed, "compile_seconds": compiled}
     if compiled is not None:
@@ -271,9 +270,8 @@ def main() -> None:
     for row in rows.values():
         if row.get("timing_line"):
             print(f"fast recipe, seed {row['seed']}:", row["timing_line"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "device": str(device), "epochs": args.epochs,
-                                    "load_average_at_end": os.getloadavg(), "rows": rows}, indent=2))
+    write_results(args.out, {"machine": machine(), "device": str(device), "epochs": args.epochs,
+                             "load_average_at_end": os.getloadavg(), "rows": rows})
     print(f"wrote {args.out}")
 
 

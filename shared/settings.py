@@ -111,11 +111,11 @@ class Settings:
     # A file that `cifarq worker` and `cifarq beat` keep fresh while they work, for a container's
     # healthcheck (shared/liveness.py); none by default.
     liveness_file: Optional[Path] = _setting(None, _path)
-    # CPU jobs: compile the tutorial step with torch.compile when the job is long enough (auto),
+    # CPU jobs: compile the tutorial step (AOTInductor, worker/aot_step.py) where it pays (auto),
     # always, or never (worker/recipes/tutorial.py, COMPILE_MIN_STEPS).
     cpu_compile: str = _setting("auto", _one_of("auto", "always", "never"))
-    # CPU workers: at start, compile the default step into inductor's cache while waiting for work
-    # (worker/warm_up.py), so that the first job does not pay the ~24 s first compile.
+    # CPU workers: at start, compile the default step into its package while waiting for work
+    # (worker/warm_up.py), so that the first job does not pay the ~15 to 25 s first compile.
     cpu_warm_up: str = _setting("auto", _one_of("auto", "never"))
 
     @classmethod

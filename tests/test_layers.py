@@ -19,7 +19,7 @@ MAY_IMPORT = {
 CLI_INTO_WORKER = {("api_cli.admin", "worker.launcher")}
 WORKER_LAYERS = [  # each may import only from the layers before it (and shared/)
     {"worker.model", "worker.data", "worker.devices", "worker.gpu_lease", "worker.tensorboard", "worker.compile_cache"},
-    {"worker.loop", "worker.evaluate", "worker.records"},
+    {"worker.loop", "worker.evaluate", "worker.records", "worker.aot_step"},
     {"worker.recipes", "worker.recipes.tutorial_step"},
     {"worker.recipes.tutorial", "worker.recipes.fast", "worker.recipes.packed_step"},
     {"worker.recipes.packed"},

@@ -152,7 +152,7 @@ def test_wait_draws_bars_on_a_terminal_and_keeps_json_clean(worker_env):
     status = worker_env.cli_json("status", job_id)
     assert status["progress"]["phase"] is None and status["progress"]["compile_seconds"] > 0
     # The compile is a phase of its own on the terminal. A cold one (this module's first job) lasts
-    # many polls and must be seen; one from the cache (~1.5 s) may pass between two polls of a busy
+    # many polls and must be seen; a package's load (~0.3 s) may pass between two polls of a busy
     # machine, as the short phases may. Whatever was seen came in the order the job goes.
     if status["progress"]["compile_seconds"] >= 3 * POLL_SECONDS:
         assert f"{job_id}: running: compiling, epoch 1/3" in stderr

@@ -146,7 +146,9 @@ def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
     split = Split(full.images[:198], full.labels[:198], full.classes)
     hooks = Recorder()
     model = train(config, data_dir=data_dir, device=CPU, hooks=hooks, train_set=split, cpu_compile="always")
-    assert any(line.startswith("step compiled in") for line in hooks.lines), hooks.lines
+    # Built here, or loaded where the session's cache has the package of this shape already.
+    assert any(line.startswith(("step compiled in", "step compiled ahead of time, loaded in"))
+               for line in hooks.lines), hooks.lines
     # Compiled ahead, in a phase of its own, on zeros whose step is undone: the weights match.
     assert hooks.phases == ["compiling", "training"] and hooks.compile_seconds > 0
     assert max_difference(model, reference_loop(config, split, epochs=2)) < 1e-5
@@ -180,7 +182,7 @@ def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is not None
     monkeypatch.setenv("CXX", "no-such-compiler")
     assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is None
-    assert hooks.lines == ["no C++ compiler (no-such-compiler) for torch.compile on this worker; the step runs eagerly"]
+    assert hooks.lines == ["no C++ compiler (no-such-compiler) to compile the step on this worker; it runs eagerly"]
 
 
 def test_cpu_compile_setting_is_checked():

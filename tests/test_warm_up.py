@@ -1,5 +1,5 @@
 """A CPU worker compiles the default step into inductor's cache when it starts and measures it
-(worker/warm_up.py); its jobs of that shape compile, from the cache, where those figures say it pays,
+(worker/warm_up.py); its jobs of that shape load that compiled step where those figures say it pays,
 and run eagerly where they say it does not."""
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def test_a_worker_warms_the_cache_and_its_jobs_follow_the_figures(sqlite_env, me
     assert all(value > 0 for value in figures.values()), figures
 
     # The job reads the figures of its shape at its start: where they say a compile pays, it
-    # compiles (from the cache the warm-up filled) ...
+    # loads the step the warm-up compiled ...
     figures_file.write_text(json.dumps({**figures, "cached_compile_seconds": 0.01,
                                         "eager_seconds_per_step": 0.001, "compiled_seconds_per_step": 0.0001}))
     compiled = _job(sqlite_env)
-    assert compiled["progress"]["compile_seconds"] is not None and "step compiled in" in compiled["log"]
+    assert compiled["progress"]["compile_seconds"] is not None and "step compiled ahead of time, loaded in" in compiled["log"]
     # ... and where they say it does not, the same job runs eagerly.
     figures_file.write_text(json.dumps({**figures, "eager_seconds_per_step": 0.0001,
                                         "compiled_seconds_per_step": 0.001}))

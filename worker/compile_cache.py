@@ -1,19 +1,23 @@
-"""When a CPU job's compiled step pays, by the figures the worker's warm-up measured on this host.
+"""When a CPU job's compiled step pays, by the figures the worker's warm-up measured on this host,
+and where the compiled steps are kept.
 
-The first compile of the step on a host takes 16 to 50 s on 2 cores; from inductor's on-disk
-cache a new process compiles it in ~1.5 s; and what the compiled step saves depends on the CPU
-(~0.6 ms a step on one Xeon, ~0.14 ms on an AMD EPYC: bench/end_to_end.py, docs/benchmarks.md).
-worker/warm_up.py measures those for the default step and writes them here, beside inductor's
-cache (`cifarq-warm/<shape>`; a cleared cache takes them with it); worker/recipes/tutorial.py
-reads them to decide (`compile_pays`), and a job's compile waits for a warm-up in progress
-(`compile_lock`) rather than compiling the same step beside it on the same cores.
+The first compile of the step on a host takes 20 s or more on 2 cores; a job then loads the
+compiled package in ~0.1 to 0.3 s (worker/aot_step.py); and what the compiled step saves depends
+on the CPU (~0.6 ms a step on one Xeon, ~0.16 ms on an AMD EPYC: bench/end_to_end.py,
+docs/benchmarks.md). worker/warm_up.py measures those for the default step and writes them here,
+beside inductor's cache (`cifarq-warm/<shape>`, the packages in `cifarq-aoti/`; a cleared cache
+takes them with it); worker/recipes/tutorial.py reads them to decide (`compile_pays`), and a job's
+compile waits for a warm-up in progress (`compile_lock`) rather than compiling the same step beside
+it on the same cores.
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import platform
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,15 +27,13 @@ from typing import Iterator, Optional
 # few hundred steps, and a job's machine may be busier than the warm-up's was.
 MARGIN = 1.5
 
-# inductor's options for every compiled CPU step. The C++ wrapper calls the graph's kernels from
-# C++ instead of a generated Python function: on the EPYC of docs/benchmarks.md the default step
-# went from 0.43 to 0.40 ms, and its first compile from 19.0 to 14.7 s (from the cache: 1.7 s
-# both). Part of the shape key: figures measured under other options are not these.
-COMPILE_OPTIONS = {"cpp_wrapper": True}
+# How the step is compiled, in the shape key: figures and packages made another way are not reused.
+# "aoti": torch.export + AOTInductor (worker/aot_step.py); before it, torch.compile.
+COMPILED_AS = "aoti"
 
 
 def can_compile() -> bool:
-    """torch.compile's CPU backend writes C++ and needs a compiler to build it."""
+    """Inductor's CPU backend writes C++ and needs a compiler to build it."""
     return shutil.which(compiler()) is not None
 
 
@@ -39,21 +41,43 @@ def compiler() -> str:
     return os.environ.get("CXX", "g++")
 
 
-def _marks_dir() -> Path:
+def _cache_dir() -> Path:
     from torch._inductor.runtime.runtime_utils import cache_dir  # honours TORCHINDUCTOR_CACHE_DIR
 
-    return Path(cache_dir()) / "cifarq-warm"
+    return Path(cache_dir())
+
+
+def _marks_dir() -> Path:
+    return _cache_dir() / "cifarq-warm"
+
+
+def package_path(key: str) -> Path:
+    """Where the compiled step of this shape is kept (worker/aot_step.py)."""
+    return _cache_dir() / "cifarq-aoti" / f"{key}.pt2"
 
 
 def shape_key(step_fn, batch_size: int) -> str:
-    """What the compiled graph depends on: the parameters' shapes (a packed step's carry the
-    point count), momentum or none, the batch size, torch's version and the compile options."""
+    """What the compiled step depends on: the parameters' shapes (a packed step's carry the point
+    count), momentum or none, the batch size, the threads it runs on (inductor builds its loops for
+    that many), torch's version, the CPU model (it builds for the CPU at hand: a cache shared by
+    hosts of different CPUs must not hand one's code to another) and how it is compiled."""
     import torch
 
     shapes = [tuple(p.shape) for p in step_fn.params]
     what = (type(step_fn).__name__, shapes, getattr(step_fn, "uses_momentum", None), batch_size, torch.__version__,
-            sorted(COMPILE_OPTIONS.items()))
+            torch.get_num_threads(), cpu_model(), COMPILED_AS)
     return hashlib.sha256(repr(what).encode()).hexdigest()[:20]
+
+
+@functools.cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def warm_figures(key: str) -> Optional[dict]:

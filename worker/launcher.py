@@ -79,8 +79,8 @@ def _heartbeat(stop: threading.Event, record: dict) -> None:
 
 
 def _start_warm_up(env: dict) -> Optional[subprocess.Popen]:
-    """Compile the default CPU step into inductor's cache while the worker waits for work
-    and times it (worker/warm_up.py): jobs then compile only where that pays, from the cache."""
+    """Compile the default CPU step ahead of time while the worker waits for work and time it
+    (worker/warm_up.py): jobs then load the compiled step where that pays."""
     settings = get_settings()
     if settings.cpu_warm_up == "never" or settings.cpu_compile == "never" or not can_compile():
         return None
@@ -125,9 +125,9 @@ def run_worker(*, queues: Optional[list[str]], gpu: str, loglevel: str = "INFO",
         mark_alive(get_settings().liveness_file, valid_for=LIVENESS_SECONDS)
         # The child first: preexec_fn is only safe while this process has no other thread.
         env["CIFARQ_WORKER_DEVICE"] = record["device"]  # worker/tasks.py: no CUDA-touching warm-up on a GPU worker
-        # torch.compile's cache beside the worker's other state (CPU jobs compile their step,
-        # worker/train.py): later jobs, and the next start where CIFARQ_HOME is a volume, skip
-        # the ~50 s first compile.
+        # inductor's cache, and the compiled steps' packages in it, beside the worker's other state
+        # (CPU jobs compile their step, worker/aot_step.py): later jobs, and the next start where
+        # CIFARQ_HOME is a volume, skip the first compile.
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(get_settings().home / "cache" / "inductor"))
         if leased:  # torch.cuda.is_available() through NVML in the parent: no CUDA driver state to fork
             env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"

@@ -1,12 +1,12 @@
-"""A CPU worker's warm-up: the default step compiled into inductor's cache, and measured.
+"""A CPU worker's warm-up: the default step compiled ahead of time, and measured.
 
-A CPU job may compile its step with torch.compile (worker/recipes/tutorial.py), where that
-pays; whether it does is measured on the host rather than guessed (worker/compile_cache.py).
+A CPU job may run its step compiled by AOTInductor (worker/aot_step.py), where that pays;
+whether it does is measured on the host rather than guessed (worker/compile_cache.py).
 `cifarq worker` starts this module in a low-priority child when it starts (CIFARQ_CPU_WARM_UP=auto):
-it compiles the default recipe's step into the cache while the worker waits for work, times a
-compile from the cache (in a new process, as a job's), the eager and the compiled step, and
-writes those figures. The first job then never pays the first compile, and jobs compile only
-where their steps repay a compile from the cache.
+it builds the default recipe's compiled step (its package, beside inductor's cache) while the
+worker waits for work, times loading it (in a new process, as a job's), the eager and the
+compiled step, and writes those figures. The first job then never pays the first compile, and
+jobs load the compiled step only where their steps repay the load.
 
     python -m worker.warm_up    # what the worker runs; by hand, it warms the cache it would use
 """
@@ -22,8 +22,8 @@ from worker.compile_cache import (can_compile, compile_lock, compiler, seconds_s
 
 
 def warm_up() -> str:
-    """Compile the default recipe's CPU step into inductor's cache and measure it, unless that
-    was done already. One line saying what happened."""
+    """Compile the default recipe's CPU step ahead of time and measure it, unless that was done
+    already. One line saying what happened."""
     step_fn, batch_size = _default_step()
     key = shape_key(step_fn, batch_size)
     with compile_lock(exclusive=True):
@@ -42,13 +42,13 @@ def warm_up() -> str:
             return f"the default step compiled into the cache in {first_seconds:.1f} s; timing it failed: {exc}"
         write_figures(key, figures)
     saved = 1000 * seconds_saved(figures, 1)
-    return (f"the default step compiled into the cache in {first_seconds:.1f} s; from the cache "
+    return (f"the default step compiled into the cache in {first_seconds:.1f} s; loading it takes "
             f"{figures['cached_compile_seconds']:.1f} s; it saves {saved:.3f} ms a step")
 
 
 def _cached_compile_seconds() -> float:
-    """What a job pays to compile the step from the cache: timed in a new process, as a job's is
-    (in this one it would take 0.2 s instead of ~1.4 s: inductor's own modules are loaded here)."""
+    """What a job pays to load the compiled step: timed in a new process, as a job's is (in this
+    one the package's loader is warm already)."""
     result = subprocess.run([sys.executable, "-m", "worker.warm_up", "--time-cached-compile"],
                             capture_output=True, text=True, check=True)
     return round(float(result.stdout.split()[-1]), 2)

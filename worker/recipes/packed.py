@@ -142,7 +142,7 @@ def _pack_step(members: list[PackPoint], batch_size: int, device: torch.device, 
     """The step of these points, and its full-batch step: on CUDA captured in a CUDA graph, on
     the CPU compiled as a lone job's is (worker/recipes/tutorial.py: compile_step, for `steps`
     full batches to come). Made again whenever a point leaves: a CUDA graph in milliseconds, a
-    compile of a new pack size in seconds (inductor's cache holds the sizes seen before)."""
+    compile of a new pack size in seconds (a size built before is loaded from its package)."""
     step_fn = PackedStep([(p.model, p.optimizer) for p in members])
     hooks = members[0].hooks  # a failed capture or compile is said once, in the first point's log
     if device.type == "cuda":

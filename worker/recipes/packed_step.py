@@ -29,6 +29,9 @@ class PackedStep:
     TutorialStep creates them. lr and momentum may differ from point to point.
     """
 
+    # The tensors a compiled step takes as inputs and updates in place (worker/aot_step.py).
+    TENSORS = ("params", "buffers", "lr", "momentum")
+
     def __init__(self, points: Sequence[tuple[Net, torch.optim.SGD]]):
         self.steps = [TutorialStep(model, optimizer) for model, optimizer in points]
         widths = {step.width for step in self.steps}

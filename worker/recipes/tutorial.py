@@ -10,9 +10,10 @@ Same recipe as the tutorial (Net, CrossEntropyLoss, SGD with momentum, batch 4),
   too small to split, and waking a second thread costs more than it saves;
 - on CUDA the full-batch step is captured once in a CUDA graph and replayed, so batch 4 is not
   bound by kernel launches; the last, short batch of an epoch runs eagerly;
-- on the CPU, for jobs long enough to repay it, the full-batch step is compiled by
-  torch.compile (inductor fuses the ~45 small ops into a few C++ loops: 1.5-1.7x per step);
-  short jobs, hosts without a C++ compiler and failed compiles run the same step eagerly;
+- on the CPU, for jobs long enough to repay it, the full-batch step is compiled ahead of time by
+  AOTInductor (inductor fuses the ~45 small ops into a few C++ loops: 1.4-1.7x per step;
+  worker/aot_step.py); short jobs, hosts without a C++ compiler and failed compiles run the
+  same step eagerly;
 - the loss is summed on the device and read only when a log line is due.
 
 worker/train.py picks this loop or the fast recipe's (worker/recipes/fast.py) by config.recipe.
@@ -33,7 +34,8 @@ from worker.data import Split, load_split
 from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_generator, report_step
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
-from worker.compile_cache import (COMPILE_OPTIONS, MARGIN, can_compile, compile_lock, compile_pays, compiler,
+from worker.aot_step import load_or_build
+from worker.compile_cache import (MARGIN, can_compile, compile_lock, compile_pays, compiler,
                                   seconds_saved, shape_key, warm_figures)
 
 CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
@@ -152,42 +154,45 @@ def capture_step(step_fn, batch_size: int, device: torch.device, hooks: TrainHoo
 
 
 class CompiledStep:
-    """The step through torch.compile, compiled at its first call; if that fails (no C++
-    compiler after all, an op inductor cannot lower), the step runs eagerly from then on."""
+    """The step compiled ahead of time by AOTInductor (worker/aot_step.py), at its first call: the
+    package of its shape loaded where this host built one before (the worker's warm-up builds the
+    default one), built first otherwise. If that fails (no C++ compiler after all, an op inductor
+    cannot lower), the step runs eagerly from then on."""
 
     def __init__(self, step_fn, hooks: TrainHooks, *, wait_for_warm_up: bool = True):
         """`step_fn`: a TutorialStep or a PackedStep; `wait_for_warm_up`: compile_now waits while
-        the worker's warm-up compiles (worker/warm_up.py), then reads the step from the cache."""
+        the worker's warm-up compiles (worker/warm_up.py), then loads the step it built."""
         import torch._inductor.config as inductor_config
 
         # Compile in this process rather than in a pool of compiler processes: a job runs in a
         # daemonic Celery pool process, and on a 2-core worker they would compete with it.
         inductor_config.compile_threads = 1
         self.eager, self.hooks = step_fn, hooks
-        self.compiled = torch.compile(step_fn.__call__, fullgraph=True, dynamic=False, options=dict(COMPILE_OPTIONS))
+        self.compiled = None
         self.state = "new"
         self.wait_for_warm_up = wait_for_warm_up
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # Contiguous: the batches are slices of a chunk, whose strides depend on the chunk's size;
-        # the compiled graph guards on strides, and slices compiled again at the first real step
-        # (4.3 s from a warm cache, inside epoch 1's clock). A copy of one batch costs microseconds.
+        # Contiguous: the batches are slices of a chunk, whose strides depend on the chunk's size,
+        # and the package is built for one layout. A copy of one batch costs microseconds.
         inputs, targets = inputs.contiguous(), targets.contiguous()
         if self.state == "ready":
             return self.compiled(inputs, targets)
         if self.state == "failed":
             return self.eager(inputs, targets)
         started = time.perf_counter()
-        try:
-            loss = self.compiled(inputs, targets)  # nothing is updated before the compile succeeds
+        try:  # nothing is updated before the step is compiled
+            self.compiled, built = load_or_build(self.eager, inputs, targets)
         except Exception as exc:  # noqa: BLE001 - correct either way, only slower
             self.state = "failed"
             self.hooks.log(f"compiling the step failed ({type(exc).__name__}: {first_line(exc, 200)}); "
                            f"running it eagerly")
             return self.eager(inputs, targets)
         self.state = "ready"
-        self.hooks.log(f"step compiled in {time.perf_counter() - started:.1f} s")
-        return loss
+        seconds = time.perf_counter() - started
+        self.hooks.log(f"step compiled in {seconds:.1f} s" if built else
+                       f"step compiled ahead of time, loaded in {seconds:.1f} s")
+        return self.compiled(inputs, targets)
 
     def compile_now(self, batch_size: int, device: torch.device, points: Optional[int] = None) -> float:
         """Compile on a batch of zeros, then put the weights and momentum back as they were: the
@@ -222,6 +227,6 @@ def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, step
                       f"(this worker's warm-up figures)")
         return None
     if not can_compile():
-        hooks.log(f"no C++ compiler ({compiler()}) for torch.compile on this worker; the step runs eagerly")
+        hooks.log(f"no C++ compiler ({compiler()}) to compile the step on this worker; it runs eagerly")
         return None
     return CompiledStep(step_fn, hooks)

@@ -1,0 +1,81 @@
+"""The compiled CPU step, built ahead of time by AOTInductor and loaded by each job in a fraction of a second.
+
+torch.compile (the mechanism until 2026-11-30) compiled the step at a job's first call: ~15 s
+cold on 2 cores, and 1.2 to 1.7 s again in every new job process even with inductor's cache warm
+(the function traced anew), with dynamo's guards checked at every call. torch.export with
+AOTInductor builds the same graph once into a package (a shared library and its metadata), which
+a job loads in ~0.1 to 0.3 s and calls without guards (docs/benchmarks.md has the figures).
+
+The step's tensors (parameters, momentum buffers, lr and momentum: each step class names them in
+`TENSORS`) are the package's inputs, not constants baked into it, and the package updates them in
+place as the eager step does; so one package serves every job of one shape, whatever its weights
+or learning rate. Packages live beside inductor's cache, `cifarq-aoti/<shape key>.pt2`, keyed by
+everything the code depends on (worker/compile_cache.py: shape_key), the CPU model included, since
+inductor builds for the CPU it runs on (-march=native).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from worker.compile_cache import package_path, shape_key
+
+StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[StepFunction, bool]:
+    """`step_fn` (a TutorialStep or a PackedStep) compiled for batches shaped like these: its
+    package loaded, built first where this host has none for the shape. Returns the compiled step,
+    f(inputs, targets) -> loss, bound to step_fn's own tensors, and whether it was built now."""
+    import torch._inductor  # here, not at import: inductor takes ~0.9 s to import, and a GPU job never needs it
+
+    path = package_path(shape_key(step_fn, inputs.shape[-3]))  # (..., 3, n, 32, 32): n is the batch size
+    built = not path.exists()
+    if built:
+        build(step_fn, inputs, targets, path)
+    package = torch._inductor.aoti_load_package(str(path))
+    tensors = step_tensors(step_fn)
+    return (lambda x, y: package(x, y, tensors)), built
+
+
+def build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, path: Path) -> None:
+    """Export the step on example batches (traced on fake tensors: nothing is updated) and compile
+    it into a package at `path`, whole or not at all."""
+    import torch._inductor
+    import torch.export
+
+    exported = torch.export.export(_StepModule(step_fn), (inputs, targets, step_tensors(step_fn)), strict=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
+    try:
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+        partial.replace(path)  # another worker building the same shape meanwhile: either whole package wins
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def step_tensors(step_fn: Any) -> list:
+    """The step's tensors as the package takes them. Parameters are detached (the same storage),
+    so the package's in-place updates are the model's."""
+    return [_detached(getattr(step_fn, name)) for name in step_fn.TENSORS]
+
+
+def _detached(value: Any) -> Any:
+    return [t.detach() for t in value] if isinstance(value, list) else value.detach()
+
+
+class _StepModule(torch.nn.Module):
+    """The step as torch.export takes it: a module whose forward gets the step's tensors as inputs."""
+
+    def __init__(self, step_fn: Any):
+        super().__init__()
+        self.step_fn = copy.copy(step_fn)  # its tensors are rebound to export's inputs; the job's step keeps its own
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, tensors: list) -> torch.Tensor:
+        for name, value in zip(self.step_fn.TENSORS, tensors):
+            setattr(self.step_fn, name, value)
+        return self.step_fn(inputs, targets)
