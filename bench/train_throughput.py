@@ -93,8 +93,10 @@ def tutorial_loop(data_dir: Path, epochs: int, device: torch.device, seed: int =
             "seed": seed}
 
 
-class Quiet:
+class Quiet:  # worker/loop.py's TrainHooks, doing nothing
     def progress(self, **_): pass
+    def phase(self, name): pass
+    def compiled(self, seconds): pass
     def log(self, line): pass
     def should_stop(self): return False
     def epoch_done(self, **_): pass
