@@ -185,6 +185,29 @@ def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     assert hooks.lines == ["no C++ compiler (no-such-compiler) to compile the step on this worker; it runs eagerly"]
 
 
+def test_a_package_that_does_not_load_runs_the_step_eagerly_and_is_built_again_next_time(monkeypatch, tmp_path):
+    from worker.compile_cache import package_path, shape_key
+    from worker.recipes.tutorial import CompiledStep
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model, twin = Net(), Net()
+    twin.load_state_dict(model.state_dict())
+    step = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    reference = TutorialStep(twin, torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9))
+    package = package_path(shape_key(step, 4))
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"not a package: a disk that filled, a copy cut short")
+    hooks = Recorder()
+    inputs, targets = torch.randn(3, 4, 32, 32), torch.randint(0, 10, (4,))
+    compiled = CompiledStep(step, hooks, wait_for_warm_up=False)
+    assert torch.equal(compiled(inputs, targets), reference(inputs, targets))  # the eager step, once
+    assert compiled.state == "failed" and hooks.lines[0].startswith("compiling the step failed (")
+    assert hooks.lines[0].endswith("running it eagerly")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    assert not package.exists()  # the next compile of this shape builds it anew
+
+
 def test_cpu_compile_setting_is_checked():
     from shared.errors import CifarqError
     from shared.settings import Settings

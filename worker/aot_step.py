@@ -37,7 +37,12 @@ def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor) -> 
     built = not path.exists()
     if built:
         build(step_fn, inputs, targets, path)
-    package = torch._inductor.aoti_load_package(str(path))
+    try:
+        package = torch._inductor.aoti_load_package(str(path))
+    except Exception:
+        if not built:  # a package that does not load is built again by the next compile, not failed on again
+            path.unlink(missing_ok=True)
+        raise
     tensors = step_tensors(step_fn)
     return (lambda x, y: package(x, y, tensors)), built
 

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from worker.compile_cache import (can_compile, compile_lock, compiler, seconds_saved, shape_key, warm_figures,
-                                  write_figures)
+from worker.compile_cache import (can_compile, compile_lock, compiler, package_path, seconds_saved, shape_key,
+                                  warm_figures, write_figures)
 
 
 def warm_up() -> str:
@@ -27,7 +27,7 @@ def warm_up() -> str:
     step_fn, batch_size = _default_step()
     key = shape_key(step_fn, batch_size)
     with compile_lock(exclusive=True):
-        if warm_figures(key) is not None:
+        if warm_figures(key) is not None and package_path(key).exists():
             return "the default step is in the compile cache already"
         messages: list[str] = []
         compiled, first_seconds = _compile(step_fn, batch_size, messages)
