@@ -71,6 +71,7 @@ def shape_key(step_fn, batch_size: int) -> str:
 
 @functools.cache
 def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
