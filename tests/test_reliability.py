@@ -32,8 +32,11 @@ def test_killed_worker_job_resumes_on_another_and_matches_an_uninterrupted_run(e
     redis = "CIFARQ_BROKER_URL" in env.vars
     if redis:  # Redis hands an unacknowledged message out again after this long: see it happen
         env.vars["CIFARQ_VISIBILITY_TIMEOUT_SECONDS"] = "5"
-        # ...and kombu looks for such messages every second instead of every 100 s.
-        env.vars["CIFARQ_BROKER_TRANSPORT_OPTIONS"] = '{"unacked_restore_interval": 1, "unacked_restore_throttle": 1}'
+        # ...and kombu looks for such messages every second instead of every 100 s. Each look holds
+        # a Redis lock; a worker SIGKILLed while holding it leaves it to expire, after 300 s by
+        # default (CI once saw the old delivery never come back within the 60 s below): here 3 s.
+        env.vars["CIFARQ_BROKER_TRANSPORT_OPTIONS"] = (
+            '{"unacked_restore_interval": 1, "unacked_restore_throttle": 1, "unacked_mutex_expire": 3}')
     env.start_worker()
     reference = env.submit_train(*TRAIN)
     assert env.cli("wait", reference, "--timeout", "300").returncode == 0
