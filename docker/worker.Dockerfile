@@ -8,16 +8,15 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
 
 # NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA container runtime mounts in (CUDA, nvidia-smi).
-# No C++ compiler in the image: GPU jobs do not need one, and a CPU worker run from it trains the
-# tutorial step eagerly (CIFARQ_CPU_COMPILE=auto says so in the job's log). Add `g++` to compile
-# the step there (README, Configuration).
+# CIFARQ_HOME: the worker's state, where the build below leaves the compiled CPU step.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PIP_NO_COMPILE=1 \
     PATH=/opt/cifarq/bin:$PATH \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CIFARQ_HOME=/home/cifarq/.cifarq
 
 # Fixed uid/gid, so that volumes and `--user` agree across hosts. /data and /artifacts belong
 # to that user, so that the named volumes mounted there start out writable by it.
@@ -39,6 +38,13 @@ RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
     --mount=type=cache,target=/root/.cache/pip \
     ./pip-install.sh --deps worker
 
+# g++: a CPU worker's tutorial step runs compiled by AOTInductor, which builds it with g++
+# (worker/aot_step.py): below, for this host's CPU, and at a worker's start on a host whose CPU
+# differs. GPU jobs do not use it. Its own layer after the dependencies: it does not rebuild them.
+RUN command -v g++ >/dev/null || { apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null \
+      && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; }
+
 COPY README.md ./
 COPY shared ./shared
 COPY worker ./worker
@@ -53,6 +59,16 @@ RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
 
 USER 10001:10001
 WORKDIR /home/cifarq
+
+# The worker's warm-up, run once here: the default CPU step compiled ahead of time and timed
+# (worker/warm_up.py), kept in the image's CIFARQ_HOME. A new container on a host of the same CPU
+# model (the usual case: images are built where they run, or on the same hardware) loads it for
+# its first job, instead of running that job eagerly beside a 15-30 s build. On another CPU the
+# key differs and the worker builds its own at start, as without this. A build that cannot
+# compile the step fails here rather than ship a worker that would run every CPU job eagerly.
+# The compiler's precompiled headers (~290 MB in /tmp) only speed up later builds: not kept.
+RUN TORCHINDUCTOR_CACHE_DIR="$CIFARQ_HOME/cache/inductor" python3 -m worker.warm_up \
+ && rm -rf /tmp/torchinductor_*
 
 ENTRYPOINT ["cifarq"]
 CMD ["worker", "--gpu", "auto"]

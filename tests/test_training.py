@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,6 +207,63 @@ def test_a_package_that_does_not_load_runs_the_step_eagerly_and_is_built_again_n
     assert hooks.lines[0].endswith("running it eagerly")
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
     assert not package.exists()  # the next compile of this shape builds it anew
+
+
+def test_the_package_called_through_its_loader_is_the_package_called_through_its_own_call():
+    """worker/aot_step.bound_step hands the loader the flat list that the package's __call__
+    would make: same losses and same weights, to the bit, step after step."""
+    import torch._inductor
+
+    from worker.aot_step import bound_step, load_or_build, step_tensors
+    from worker.compile_cache import package_path, shape_key
+
+    torch.manual_seed(0)
+    models = [Net(), Net()]
+    models[1].load_state_dict(models[0].state_dict())
+    initial = [p.detach().clone() for p in models[0].parameters()]
+    steps = [TutorialStep(m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)) for m in models]
+    inputs, targets = torch.randn(5, 3, 4, 32, 32), torch.randint(0, 10, (5, 4))
+    load_or_build(steps[0], inputs[0], targets[0])  # built where this session's cache has none yet
+    package = torch._inductor.aoti_load_package(str(package_path(shape_key(steps[0], 4))))
+    assert callable(package.loader.run)  # the path under test, not the fallback
+
+    class OwnCallOnly:  # what bound_step falls back to where a package has no loader
+        def __call__(self, *args):
+            return package(*args)
+
+    direct, own_call = bound_step(package, step_tensors(steps[0])), bound_step(OwnCallOnly(), step_tensors(steps[1]))
+    for x, y in zip(inputs, targets):
+        assert torch.equal(direct(x, y), own_call(x, y))
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(models[0].parameters(), initial))  # they did train
+
+
+def test_the_compiled_step_s_key_follows_the_code_it_is_built_from(tmp_path, monkeypatch):
+    """A cache kept across an upgrade (a volume at CIFARQ_HOME) must not hand a job a package
+    built from another version of the step: each file it is built from is in the key."""
+    import shutil
+
+    import worker
+    from worker import compile_cache
+    from worker.compile_cache import STEP_SOURCES, shape_key, step_code
+
+    here = Path(worker.__file__).parent
+    for name in STEP_SOURCES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(here / name, tmp_path / name)
+    assert step_code(tmp_path) == step_code()
+    for name in STEP_SOURCES:
+        before = step_code(tmp_path)
+        step_code.cache_clear()
+        with open(tmp_path / name, "a") as f:
+            f.write("# a change\n")
+        assert step_code(tmp_path) != before, name
+    # ... and the digest is in the key.
+    model = Net()
+    step = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    key = shape_key(step, 4)
+    monkeypatch.setattr(compile_cache, "step_code", lambda: step_code(tmp_path))
+    assert shape_key(step, 4) != key
 
 
 def test_cpu_compile_setting_is_checked():

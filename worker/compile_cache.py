@@ -30,6 +30,10 @@ MARGIN = 1.5
 # How the step is compiled, in the shape key: figures and packages made another way are not reused.
 # "aoti": torch.export + AOTInductor (worker/aot_step.py); before it, torch.compile.
 COMPILED_AS = "aoti"
+# The code a compiled step is built from, relative to worker/: its text is in the shape key, so
+# that a cache kept across an upgrade (a volume at CIFARQ_HOME) never hands a job a package built
+# from another version of the step.
+STEP_SOURCES = ("recipes/tutorial_step.py", "recipes/packed_step.py", "aot_step.py", "model.py")
 
 
 def can_compile() -> bool:
@@ -60,13 +64,23 @@ def shape_key(step_fn, batch_size: int) -> str:
     """What the compiled step depends on: the parameters' shapes (a packed step's carry the point
     count), momentum or none, the batch size, the threads it runs on (inductor builds its loops for
     that many), torch's version, the CPU model (it builds for the CPU at hand: a cache shared by
-    hosts of different CPUs must not hand one's code to another) and how it is compiled."""
+    hosts of different CPUs must not hand one's code to another), how it is compiled and the code
+    it is compiled from."""
     import torch
 
     shapes = [tuple(p.shape) for p in step_fn.params]
     what = (type(step_fn).__name__, shapes, getattr(step_fn, "uses_momentum", None), batch_size, torch.__version__,
-            torch.get_num_threads(), cpu_model(), COMPILED_AS)
+            torch.get_num_threads(), cpu_model(), COMPILED_AS, step_code())
     return hashlib.sha256(repr(what).encode()).hexdigest()[:20]
+
+
+@functools.cache
+def step_code(worker_dir: Path = Path(__file__).parent) -> str:
+    """A digest of the STEP_SOURCES under `worker_dir`."""
+    digest = hashlib.sha256()
+    for name in STEP_SOURCES:
+        digest.update(name.encode() + b"\0" + (worker_dir / name).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 @functools.cache

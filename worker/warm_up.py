@@ -21,29 +21,29 @@ from worker.compile_cache import (can_compile, compile_lock, compiler, package_p
                                   warm_figures, write_figures)
 
 
-def warm_up() -> str:
+def warm_up() -> tuple[bool, str]:
     """Compile the default recipe's CPU step ahead of time and measure it, unless that was done
-    already. One line saying what happened."""
+    already. Whether the step and its figures are in the cache now, and one line saying what happened."""
     step_fn, batch_size = _default_step()
     key = shape_key(step_fn, batch_size)
     with compile_lock(exclusive=True):
         if warm_figures(key) is not None and package_path(key).exists():
-            return "the default step is in the compile cache already"
+            return True, "the default step is in the compile cache already"
         messages: list[str] = []
         compiled, first_seconds = _compile(step_fn, batch_size, messages)
         if compiled.state != "ready":
-            return f"warming up the compile cache failed: {' '.join(messages)}"
+            return False, f"warming up the compile cache failed: {' '.join(messages)}"
         try:
             figures = {"first_compile_seconds": round(first_seconds, 2),
                        "cached_compile_seconds": _cached_compile_seconds(),
                        "eager_seconds_per_step": _seconds_per_step(step_fn, batch_size),
                        "compiled_seconds_per_step": _seconds_per_step(compiled, batch_size)}
         except Exception as exc:  # noqa: BLE001 - without figures, jobs follow the rule for unmeasured shapes
-            return f"the default step compiled into the cache in {first_seconds:.1f} s; timing it failed: {exc}"
+            return False, f"the default step compiled into the cache in {first_seconds:.1f} s; timing it failed: {exc}"
         write_figures(key, figures)
     saved = 1000 * seconds_saved(figures, 1)
-    return (f"the default step compiled into the cache in {first_seconds:.1f} s; loading it takes "
-            f"{figures['cached_compile_seconds']:.1f} s; it saves {saved:.3f} ms a step")
+    return True, (f"the default step compiled into the cache in {first_seconds:.1f} s; loading it takes "
+                  f"{figures['cached_compile_seconds']:.1f} s; it saves {saved:.3f} ms a step")
 
 
 def _cached_compile_seconds() -> float:
@@ -105,18 +105,22 @@ class _Log:
         self.messages.append(message)
 
 
-def main() -> None:
+def main() -> int:
+    """Exit status 0 where the default step and its figures are in the cache afterwards: the
+    worker image's build runs this too (docker/worker.Dockerfile) and fails rather than ship
+    without them."""
     if sys.argv[1:] == ["--time-cached-compile"]:  # _cached_compile_seconds' new process
         print(_compile(*_default_step(), messages=[])[1])
-        return
+        return 0
     started = time.perf_counter()
     try:
         os.nice(10)  # a job that arrives meanwhile comes first
     except OSError:
         pass
-    line = warm_up() if can_compile() else f"no C++ compiler ({compiler()}): nothing to warm up"
+    warm, line = warm_up() if can_compile() else (False, f"no C++ compiler ({compiler()}): nothing to warm up")
     sys.stderr.write(f"cifarq warm-up: {line} ({time.perf_counter() - started:.1f} s in all)\n")
+    return 0 if warm else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
