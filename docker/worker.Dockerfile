@@ -39,11 +39,19 @@ RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
     ./pip-install.sh --deps worker
 
 # g++: a CPU worker's tutorial step runs compiled by AOTInductor, which builds it with g++
-# (worker/aot_step.py): below, for this host's CPU, and at a worker's start on a host whose CPU
-# differs. GPU jobs do not use it. Its own layer after the dependencies: it does not rebuild them.
-RUN command -v g++ >/dev/null || { apt-get update -qq \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null \
-      && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; }
+# (worker/aot_step.py): at the end of this build, for this host's CPU, and at a worker's start on
+# a host whose CPU differs. Its own layer after the dependencies: it does not rebuild them.
+# CPU_STEP (compose: CIFARQ_WORKER_CPU_STEP): `compiled`, or `eager` for an image without g++ and
+# without the step (~320 MB less; for GPU-only deployments, or a build host with no Debian
+# mirror), whose CPU jobs run the step eagerly.
+ARG CPU_STEP=compiled
+RUN case "$CPU_STEP" in \
+      compiled) command -v g++ >/dev/null || { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null \
+        && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; } ;; \
+      eager) ;; \
+      *) echo "CPU_STEP must be compiled or eager, not '$CPU_STEP'" >&2; exit 1 ;; \
+    esac
 
 COPY README.md ./
 COPY shared ./shared
@@ -60,15 +68,17 @@ RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
 USER 10001:10001
 WORKDIR /home/cifarq
 
-# The worker's warm-up, run once here: the default CPU step compiled ahead of time and timed
-# (worker/warm_up.py), kept in the image's CIFARQ_HOME. A new container on a host of the same CPU
-# model (the usual case: images are built where they run, or on the same hardware) loads it for
-# its first job, instead of running that job eagerly beside a 15-30 s build. On another CPU the
-# key differs and the worker builds its own at start, as without this. A build that cannot
-# compile the step fails here rather than ship a worker that would run every CPU job eagerly.
+# CPU_STEP=compiled: the worker's warm-up, run once here: the default CPU step compiled ahead of
+# time and timed (worker/warm_up.py), kept in the image's CIFARQ_HOME. A new container on a host
+# of the same CPU (model and instruction set extensions; the usual case: images are built where
+# they run, or on the same hardware) loads it for its first job, instead of running that job
+# eagerly beside a 15-30 s build. On another CPU the key differs and the worker builds its own at
+# start. A build that cannot compile the step fails here rather than ship a worker that would
+# run every CPU job eagerly.
 # The compiler's precompiled headers (~290 MB in /tmp) only speed up later builds: not kept.
-RUN TORCHINDUCTOR_CACHE_DIR="$CIFARQ_HOME/cache/inductor" python3 -m worker.warm_up \
- && rm -rf /tmp/torchinductor_*
+RUN if [ "$CPU_STEP" = compiled ]; then \
+      TORCHINDUCTOR_CACHE_DIR="$CIFARQ_HOME/cache/inductor" python3 -m worker.warm_up && rm -rf /tmp/torchinductor_*; \
+    fi
 
 ENTRYPOINT ["cifarq"]
 CMD ["worker", "--gpu", "auto"]

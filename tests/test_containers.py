@@ -350,3 +350,27 @@ def test_the_client_image_builds_from_the_index_with_the_proxy_ca_as_a_build_sec
     assert probe.stdout.strip() == "0", "the CA or PIP_CERT stayed in the image"
     assert stack.docker_cmd("run", "--rm", image, "--version").stdout.startswith("cifarq ")
     stack.docker_cmd("rmi", image)
+
+
+def test_the_worker_image_builds_without_the_compiled_step_where_asked_and_refuses_other_values(stack, tmp_path):
+    """CIFARQ_WORKER_CPU_STEP=eager: no g++ and no step in the image (GPU-only deployments, a
+    build host without a Debian mirror); a value it does not know fails the build and says why."""
+    def build(value: str, tag: str) -> subprocess.CompletedProcess:
+        values = {**stack.values, "CIFARQ_TAG": tag, "CIFARQ_WORKER_CPU_STEP": value}
+        env_file = tmp_path / f"{tag}.env"
+        write_env_file(env_file, values)
+        return Stack(stack.docker, f"{PROJECT}-{tag}", env_file, values).compose(
+            "--progress", "plain", "build", "worker", check=False)
+
+    eager = build("eager", f"{TAG}-eager")
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    image = f"cifarq-worker:{TAG}-eager"
+    probe = stack.docker_cmd("run", "--rm", "--entrypoint", "sh", image, "-c",
+                             "command -v g++ || echo no-g++; find /home/cifarq/.cifarq -name '*.pt2' | wc -l")
+    assert probe.stdout.split() == ["no-g++", "0"], probe.stdout
+    assert stack.docker_cmd("run", "--rm", image, "--version").stdout.startswith("cifarq ")
+    stack.docker_cmd("rmi", image)
+
+    wrong = build("sometimes", f"{TAG}-wrong")
+    assert wrong.returncode != 0
+    assert "CPU_STEP must be compiled or eager, not 'sometimes'" in wrong.stdout + wrong.stderr, wrong.stderr[-3000:]

@@ -157,7 +157,7 @@ def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
 
 def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     from worker.recipes.tutorial import COMPILE_MIN_STEPS, compile_step
-    from worker.compile_cache import shape_key, write_figures
+    from worker.compile_cache import package_path, shape_key, write_figures
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no warm-up figures yet
     torch.manual_seed(0)
@@ -184,6 +184,10 @@ def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler")
     assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is None
     assert hooks.lines == ["no C++ compiler (no-such-compiler) to compile the step on this worker; it runs eagerly"]
+    # A package built before (a worker image carries one) loads without a compiler.
+    package_path(shape_key(step, 4)).parent.mkdir(parents=True)
+    package_path(shape_key(step, 4)).write_bytes(b"built elsewhere")
+    assert compile_step(step, hooks, mode="always", batch_size=4, steps=1) is not None
 
 
 def test_a_package_that_does_not_load_runs_the_step_eagerly_and_is_built_again_next_time(monkeypatch, tmp_path):
@@ -245,16 +249,15 @@ def test_the_compiled_step_s_key_follows_the_code_it_is_built_from(tmp_path, mon
 
     import worker
     from worker import compile_cache
-    from worker.compile_cache import STEP_SOURCES, shape_key, step_code
+    from worker.compile_cache import STEP_CODE, STEP_SOURCES, shape_key, step_code
 
     here = Path(worker.__file__).parent
     for name in STEP_SOURCES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(here / name, tmp_path / name)
-    assert step_code(tmp_path) == step_code()
+    assert step_code(tmp_path) == STEP_CODE
     for name in STEP_SOURCES:
         before = step_code(tmp_path)
-        step_code.cache_clear()
         with open(tmp_path / name, "a") as f:
             f.write("# a change\n")
         assert step_code(tmp_path) != before, name
@@ -262,7 +265,7 @@ def test_the_compiled_step_s_key_follows_the_code_it_is_built_from(tmp_path, mon
     model = Net()
     step = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
     key = shape_key(step, 4)
-    monkeypatch.setattr(compile_cache, "step_code", lambda: step_code(tmp_path))
+    monkeypatch.setattr(compile_cache, "STEP_CODE", step_code(tmp_path))
     assert shape_key(step, 4) != key
 
 

@@ -4,6 +4,9 @@ and run eagerly where they say it does not."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -38,6 +41,9 @@ def test_a_worker_warms_the_cache_and_its_jobs_follow_the_figures(sqlite_env, me
     assert set(figures) == {"first_compile_seconds", "cached_compile_seconds", "eager_seconds_per_step",
                             "compiled_seconds_per_step"}
     assert all(value > 0 for value in figures.values()), figures
+    # Run again (as the worker image's build and every later start do), it finds them and exits 0.
+    again = _warm_up_process(TORCHINDUCTOR_CACHE_DIR=str(cache))
+    assert again.returncode == 0 and "the default step is in the compile cache already" in again.stderr, again.stderr
 
     # The job reads the figures of its shape at its start: where they say a compile pays, it
     # loads the step the warm-up compiled ...
@@ -53,6 +59,18 @@ def test_a_worker_warms_the_cache_and_its_jobs_follow_the_figures(sqlite_env, me
     assert "the step runs eagerly: compiled, its 1000 steps would save 0.0 s, less than 1.5x the" in eager["log"]
     # Same seed, same batches: the compiled step trains the model the eager one does.
     assert abs(compiled["metrics"]["test_accuracy"] - eager["metrics"]["test_accuracy"]) <= 0.02
+
+
+def _warm_up_process(**env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker.warm_up"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
+def test_a_warm_up_that_cannot_compile_exits_non_zero(tmp_path):
+    """The worker image's build runs the warm-up and must fail rather than ship without the step."""
+    failed = _warm_up_process(TORCHINDUCTOR_CACHE_DIR=str(tmp_path), CXX="no-such-compiler")
+    assert failed.returncode == 1
+    assert "cifarq warm-up: no C++ compiler (no-such-compiler): nothing to warm up" in failed.stderr, failed.stderr
 
 
 def test_a_compile_waits_for_a_warm_up_in_progress(tmp_path, monkeypatch):

@@ -63,36 +63,60 @@ def package_path(key: str) -> Path:
 def shape_key(step_fn, batch_size: int) -> str:
     """What the compiled step depends on: the parameters' shapes (a packed step's carry the point
     count), momentum or none, the batch size, the threads it runs on (inductor builds its loops for
-    that many), torch's version, the CPU model (it builds for the CPU at hand: a cache shared by
-    hosts of different CPUs must not hand one's code to another), how it is compiled and the code
-    it is compiled from."""
+    that many), torch's version, the CPU (it builds for the CPU at hand, -march=native: a cache
+    shared by hosts of different CPUs, or a worker image run on another host than the one it was
+    built on, must not hand one's code to another), how it is compiled and the code it is compiled
+    from."""
     import torch
 
     shapes = [tuple(p.shape) for p in step_fn.params]
     what = (type(step_fn).__name__, shapes, getattr(step_fn, "uses_momentum", None), batch_size, torch.__version__,
-            torch.get_num_threads(), cpu_model(), COMPILED_AS, step_code())
+            torch.get_num_threads(), cpu_model(), _cpu_features(), COMPILED_AS, STEP_CODE)
     return hashlib.sha256(repr(what).encode()).hexdigest()[:20]
 
 
-@functools.cache
-def step_code(worker_dir: Path = Path(__file__).parent) -> str:
-    """A digest of the STEP_SOURCES under `worker_dir`."""
+def step_code(worker_dir: Path) -> str:
+    """A digest of the STEP_SOURCES under `worker_dir` (a file that cannot be read counts by its
+    name alone)."""
     digest = hashlib.sha256()
     for name in STEP_SOURCES:
-        digest.update(name.encode() + b"\0" + (worker_dir / name).read_bytes() + b"\0")
+        try:
+            text = (worker_dir / name).read_bytes()
+        except OSError:
+            text = b"unreadable"
+        digest.update(name.encode() + b"\0" + text + b"\0")
     return digest.hexdigest()
+
+
+# Read once, when the worker's code is loaded: a process keys the code it runs, even where the
+# files on disk were upgraded under it.
+STEP_CODE = step_code(Path(__file__).parent)
 
 
 @functools.cache
 def cpu_model() -> str:
     """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what platform knows)."""
+    model = _cpuinfo_field("model name")
+    return model or platform.processor() or platform.machine()
+
+
+@functools.cache
+def _cpu_features() -> str:
+    """The instruction set extensions the CPU reports (x86's flags, ARM's Features): what
+    -march=native builds for. One model name can come with different ones (a VM that hides
+    AVX-512, ARM hosts that name no model at all)."""
+    return _cpuinfo_field("flags") or _cpuinfo_field("Features") or ""
+
+
+def _cpuinfo_field(name: str) -> Optional[str]:
+    """The first `name` line of /proc/cpuinfo, or None (no such line, not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def warm_figures(key: str) -> Optional[dict]:

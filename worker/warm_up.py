@@ -9,6 +9,9 @@ compiled step, and writes those figures. The first job then never pays the first
 jobs load the compiled step only where their steps repay the load.
 
     python -m worker.warm_up    # what the worker runs; by hand, it warms the cache it would use
+
+The worker image's build runs it too (docker/worker.Dockerfile), so that a new container's first
+job loads the step rather than running eagerly beside its build.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from worker.loop import Resume, TrainHooks, check_finite, end_epoch, epoch_gener
 from worker.model import Net, normalize
 from worker.recipes.tutorial_step import TutorialStep
 from worker.aot_step import load_or_build
-from worker.compile_cache import (MARGIN, can_compile, compile_lock, compile_pays, compiler,
+from worker.compile_cache import (MARGIN, can_compile, compile_lock, compile_pays, compiler, package_path,
                                   seconds_saved, shape_key, warm_figures)
 
 CHUNK_STEPS = 2500  # batches gathered and normalised at once: 10,000 images at batch 4, 123 MB of float
@@ -216,17 +216,19 @@ def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, step
                  cold_min_steps: int = COMPILE_MIN_STEPS) -> Optional[CompiledStep]:
     """The compiled CPU step, or None (eager) where compiling would not pay or cannot work.
     `cold_min_steps`: from how many steps on a shape the warm-up has not measured compiles."""
+    if mode == "never":
+        return None
     key = shape_key(step_fn, batch_size)
     figures = warm_figures(key)  # the worker's warm-up measured this shape on this host
     pays = steps >= cold_min_steps if figures is None else compile_pays(figures, steps)
-    if mode == "never" or (mode == "auto" and not pays):
-        if mode == "auto" and figures is not None:  # say why, where the answer came from a measurement
+    if mode == "auto" and not pays:
+        if figures is not None:  # say why, where the answer came from a measurement
             hooks.log(f"the step runs eagerly: compiled, its {steps} steps would save "
                       f"{max(seconds_saved(figures, steps), 0):.1f} s, less "
                       f"than {MARGIN:g}x the {figures['cached_compile_seconds']:.1f} s its compile takes "
                       f"(this worker's warm-up figures)")
         return None
-    if not can_compile():
+    if not can_compile() and not package_path(key).exists():  # a built package loads without one
         hooks.log(f"no C++ compiler ({compiler()}) to compile the step on this worker; it runs eagerly")
         return None
     return CompiledStep(step_fn, hooks)
