@@ -141,8 +141,7 @@ def real_job(stack: Stack, data: Path, folder: Path, epochs: int) -> dict:
         tar.add(data / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     archive.chmod(0o644)
     stack.copy_data_in(archive)
-    warm_ups = re.findall(r"cifarq warm-up: [^\n]*", stack.compose("logs", "worker").stdout)
-    result: dict = {"epochs": epochs, "workers_warm_ups": warm_ups}
+    result: dict = {"epochs": epochs, "workers_warm_ups": stack.worker_warm_ups(2)}
     for name in ("first", "second"):
         job_id = stack.submit("--epochs", str(epochs))
         status = stack.finish(job_id)

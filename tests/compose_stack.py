@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,15 @@ class Stack:
                                 text=True, env=self.host_env(), cwd=REPO, timeout=60)
         assert result.returncode == 0, f"cifarq {' '.join(args)}: {result.stderr}"
         return json.loads(result.stdout)
+
+    def worker_warm_ups(self, count: int, timeout: float = 120) -> list[str]:
+        """The `cifarq warm-up:` lines of the worker containers' logs, once there are `count` of
+        them (a worker's warm-up reports a few seconds after its start)."""
+        deadline = time.monotonic() + timeout
+        while len(lines := re.findall(r"cifarq warm-up: [^\n]*", self.compose("logs", "worker").stdout)) < count:
+            assert time.monotonic() < deadline, f"the workers' warm-ups said only {lines}"
+            time.sleep(1)
+        return lines
 
     def wait_for(self, job_id: str, predicate, *, what: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout

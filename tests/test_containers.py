@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -125,10 +124,7 @@ def test_the_stack_builds_and_every_service_turns_healthy(stack):
     stack.copy_data_in(stack.data)
     # The image was built with the default CPU step compiled for this host's CPU and timed
     # (docker/worker.Dockerfile): each new worker container's warm-up finds it and builds nothing.
-    deadline = time.monotonic() + 120
-    while len(warm_ups := re.findall(r"cifarq warm-up: [^\n]*", stack.compose("logs", "worker").stdout)) < 2:
-        assert time.monotonic() < deadline, f"the workers' warm-ups said only {warm_ups}"
-        time.sleep(1)
+    warm_ups = stack.worker_warm_ups(2)
     assert all("the default step is in the compile cache already" in line for line in warm_ups), warm_ups
 
 

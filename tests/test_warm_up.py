@@ -25,6 +25,12 @@ def _job(env) -> dict:
     return status
 
 
+def _warm_up_process(**env) -> subprocess.CompletedProcess:
+    """`python -m worker.warm_up`, as the worker and the worker image's build run it."""
+    return subprocess.run([sys.executable, "-m", "worker.warm_up"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
 @pytest.mark.slow  # a cold compile of the step: ~25 s on 2 cores
 def test_a_worker_warms_the_cache_and_its_jobs_follow_the_figures(sqlite_env, medium_cifar, tmp_path):
     cache = tmp_path / "inductor"  # empty: the warm-up really compiles
@@ -59,11 +65,6 @@ def test_a_worker_warms_the_cache_and_its_jobs_follow_the_figures(sqlite_env, me
     assert "the step runs eagerly: compiled, its 1000 steps would save 0.0 s, less than 1.5x the" in eager["log"]
     # Same seed, same batches: the compiled step trains the model the eager one does.
     assert abs(compiled["metrics"]["test_accuracy"] - eager["metrics"]["test_accuracy"]) <= 0.02
-
-
-def _warm_up_process(**env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker.warm_up"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env})
 
 
 def test_a_warm_up_that_cannot_compile_exits_non_zero(tmp_path):
