@@ -1,7 +1,6 @@
 """`cifarq submit train|evaluate`: validate, write the job row, then send the message."""
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -156,20 +155,46 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
            sweep_id: Optional[str] = None) -> str:
     """The job row is written (status queued, owing its message) before the message is sent: a
     worker that takes the message always finds its row; a message that cannot be sent takes the
-    row back; a submitter killed in between leaves the debt to a reaper (shared/jobs.py)."""
-    from shared.celery_app import send_job
-    from shared.db import session_scope
-    from shared.jobs import create_job, store_uploaded_weights
+    row back; a submitter killed in between leaves the debt to a reaper (shared/jobs.py).
 
+    A plain job (no upload, no sweep) is written through the database's own driver where it can
+    be (shared/job_write.py), and its message pushed without Celery where the broker is a plain
+    Redis (shared/broker_push.py): importing the ORM, Celery and redis-py was over half of the
+    call's wall time (docs/benchmarks.md, "The client's own time")."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
     queue = queue_of(config, queue)
-    with session_scope() as session:
-        job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue, sweep_id=sweep_id)
-        if upload is not None:
-            store_uploaded_weights(session=session, job_id=job.id, weights=upload)
-        job_id, lease = job.id, job.resend_after
-    _send_or_take_back([(job_id, lease)], lambda: send_job(job_id, queue))
-    _warn_if_no_worker_consumes(queue)
+    quick = None
+    if upload is None and sweep_id is None:
+        from shared.job_write import insert_queued_job
+
+        quick = insert_queued_job(settings.database, kind=kind, params=config.model_dump(), queue=queue,
+                                  lease_seconds=settings.send_lease_seconds)
+    if quick is not None:
+        job_id, lease = quick
+    else:
+        from shared.db import session_scope
+        from shared.jobs import create_job, store_uploaded_weights
+
+        with session_scope() as session:
+            job = create_job(session=session, kind=kind, params=config.model_dump(), queue=queue, sweep_id=sweep_id)
+            if upload is not None:
+                store_uploaded_weights(session=session, job_id=job.id, weights=upload)
+            job_id, lease = job.id, job.resend_after
+    _send_or_take_back([(job_id, lease)], lambda: _send_job(settings, job_id, queue), queue)
     return job_id
+
+
+def _send_job(settings: Any, job_id: str, queue: str) -> None:
+    """Straight onto Redis where the broker is a plain redis:// one (shared/broker_push.py), else
+    (or where that fails) through Celery, which retries and explains."""
+    from shared.broker_push import push_job
+
+    if not push_job(settings.broker, settings.broker_transport_options, job_id, queue):
+        from shared.celery_app import send_job
+
+        send_job(job_id, queue)
 
 
 def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack_id: str) -> list[str]:
@@ -186,27 +211,39 @@ def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack
                            sweep_id=sweep_id, pack_id=pack_id) for config in configs]
         leases = [(job.id, job.resend_after) for job in jobs]
     job_ids = [job_id for job_id, _ in leases]
-    _send_or_take_back(leases, lambda: send_pack(job_ids, queue))
-    _warn_if_no_worker_consumes(queue)
+    _send_or_take_back(leases, lambda: send_pack(job_ids, queue), queue)
     return job_ids
 
 
-def _send_or_take_back(leases: list[tuple[str, Any]], send) -> None:
+def _send_or_take_back(leases: list[tuple[str, Any]], send, queue: str) -> None:
     """Send the message of rows already written (each owing it, under `lease`). If it cannot be
     sent, nothing was queued: the rows are taken back, so that nothing half-done is left behind.
-    Once sent, the debts are cleared; a failure there is harmless (a reaper's second message)."""
-    from shared.db import session_scope
-    from shared.jobs import delete_job, message_sent
+    Once sent, the debts are cleared; a failure there is harmless (a reaper's second message).
+    Then a word where no live worker consumes the queue."""
+    from shared.job_write import messages_sent
     from shared.settings import get_settings, redact_url
 
     try:
         send()
     except Exception as exc:
+        from shared.db import session_scope
+        from shared.jobs import delete_job
+
         with session_scope() as session:
             for job_id, _ in leases:
                 delete_job(session=session, job_id=job_id)
         broker = redact_url(get_settings().broker)
         raise CifarqError(f"broker unreachable at {broker}: {exc}; nothing was queued") from exc
+    consumers = messages_sent(get_settings().database, leases, queue)  # None: the ORM's way
+    if consumers is None:
+        _orm_messages_sent(leases)
+    _warn_if_no_worker_consumes(queue, consumers)
+
+
+def _orm_messages_sent(leases: list[tuple[str, Any]]) -> None:
+    from shared.db import session_scope
+    from shared.jobs import message_sent
+
     try:
         with session_scope() as session:
             for job_id, lease in leases:
@@ -215,18 +252,27 @@ def _send_or_take_back(leases: list[tuple[str, Any]], send) -> None:
         pass
 
 
-@functools.cache  # once per queue and process: a sweep sends many jobs to one queue
-def _warn_if_no_worker_consumes(queue: str) -> None:
+def _warn_if_no_worker_consumes(queue: str, consumers: Optional[int]) -> None:
     """A job on a queue that no live worker consumes (a --device cuda job where every worker is a
     CPU worker, a queue of the user's own naming, no worker started yet) would wait without a
-    word. It is queued all the same: a worker may be on its way."""
-    from shared.db import session_scope
-    from shared.registry import live_workers
-    from shared.states import nobody_serves
+    word. It is queued all the same: a worker may be on its way. Said once per queue and process
+    (a sweep sends many jobs to one queue). `consumers`: counted already, or None."""
+    if queue in _WARNED:
+        return
+    if consumers is None:
+        from shared.db import session_scope
+        from shared.registry import live_workers
 
-    with session_scope() as session:
-        if not live_workers(session=session, queue=queue):
-            say(f"warning: {nobody_serves(queue)}; the job waits until one does")
+        with session_scope() as session:
+            consumers = len(live_workers(session=session, queue=queue))
+    _WARNED.add(queue)
+    if not consumers:
+        from shared.states import nobody_serves
+
+        say(f"warning: {nobody_serves(queue)}; the job waits until one does")
+
+
+_WARNED: set[str] = set()
 
 
 def _report(job_id: str, json_output: bool) -> None:

@@ -11,10 +11,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.settings import get_settings
-from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE
-
-RUN_JOB_TASK = "cifarq.run_job"  # one job (worker/tasks.py)
-RUN_PACK_TASK = "cifarq.run_pack"  # the points of a packed sweep, trained together (worker/tasks.py)
+from shared.states import CPU_QUEUE, DEFAULT_QUEUE, GPU_QUEUE, RUN_JOB_TASK, RUN_PACK_TASK
 
 
 def make_app() -> Celery:
@@ -70,7 +67,8 @@ _SEND_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "i
 
 
 def send_job(job_id: str, queue: str) -> None:
-    """Publish one job message. Fails fast (no endless retry) when the broker is down."""
+    """Publish one job message. Fails fast (no endless retry) when the broker is down. (`cifarq
+    submit train` first tries shared/broker_push.py, which needs no Celery import.)"""
     get_app().send_task(RUN_JOB_TASK, args=[job_id], queue=queue, retry=True, retry_policy=_SEND_RETRY)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import CifarqError, first_line
-from shared.job_view import HEAD_REVISION  # the newest migration: the quick read checks it too
+from shared.driver import HEAD_REVISION  # the newest migration: the quick read and write check it too
 from shared.settings import get_settings, redact_url
 
 log = logging.getLogger("cifarq.db")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from shared.clock import database_now
 from shared.errors import CifarqError, shown
 from shared.job_view import may_be_id_prefix
+from shared.job_write import queued_job_values
 from shared.models import Checkpoint, EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 from shared.settings import get_settings
 
@@ -39,8 +40,8 @@ def _lease_end(session: Session) -> datetime:
 def create_job(*, session: Session, kind: JobKind, params: dict[str, Any], queue: str,
                sweep_id: Optional[str] = None, pack_id: Optional[str] = None) -> Job:
     """A queued job that owes its first message, leased to the submitter who sends it."""
-    job = Job(kind=kind, status=JobStatus.queued, params=params, queue=queue, sweep_id=sweep_id,
-              pack_id=pack_id, resend_after=_lease_end(session))
+    job = Job(**queued_job_values(kind=kind, params=params, queue=queue, sweep_id=sweep_id, pack_id=pack_id,
+                                  resend_after=_lease_end(session)))
     session.add(job)
     session.flush()
     return job

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import enum
-import uuid
 from datetime import datetime
 from typing import Any, Optional
 
@@ -21,11 +20,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.clock import utcnow
+from shared.job_write import new_job_id
 from shared.states import JobKind, JobStatus
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex[:16]
 
 
 class Base(DeclarativeBase):

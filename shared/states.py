@@ -20,6 +20,10 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+# The two Celery tasks (worker/tasks.py), sent by name: the CLI never imports worker code.
+RUN_JOB_TASK = "cifarq.run_job"  # one job
+RUN_PACK_TASK = "cifarq.run_pack"  # the points of a packed sweep, trained together
+
 DEFAULT_QUEUE = "default"  # device "auto": every worker consumes it
 GPU_QUEUE = "gpu"  # device "cuda[:N]": only workers that have CUDA
 CPU_QUEUE = "cpu"  # device "cpu": only workers without CUDA

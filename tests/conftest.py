@@ -156,6 +156,24 @@ def query(env, sql: str, job_id: str) -> list:
         engine.dispose()
 
 
+def register_some_workers(database) -> None:
+    """Three rows in the workers table: live on default and cpu, live on gpu, and one on default
+    whose heartbeat is a minute old (not alive): for the tests that count a queue's live workers."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from shared.models import WorkerRecord
+    from shared.registry import register_worker
+
+    with database.session_scope() as session:
+        for name, queues in (("live-default", ["default", "cpu"]), ("live-gpu", ["gpu"]), ("stale", ["default"])):
+            register_worker(session=session, name=name, host="h", queues=queues, device="cpu", gpu_index=None,
+                            gpu_name=None, pid=1)
+        session.execute(update(WorkerRecord).where(WorkerRecord.name == "stale")
+                        .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
+
+
 @pytest.fixture(scope="session")
 def medium_cifar(tmp_path_factory) -> Path:
     """2,000 training images: an epoch takes half a second to a second; give a job to be interrupted

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import update
 
 from shared.job_view import job_to_dict, read_job
 from shared.models import Job, JobStatus
-from tests.conftest import REPO
+from tests.conftest import REPO, register_some_workers
 
 
 def orm_read(database, job_id: str) -> dict:
@@ -52,16 +52,10 @@ def test_the_quick_read_gives_what_the_orm_gives(env, database):
 
     # A queued job's live consumers, counted as shared.registry counts them: a fresh heartbeat and
     # the job's queue among the worker's.
-    from shared.registry import live_workers, register_worker
-    from shared.models import WorkerRecord
+    from shared.registry import live_workers
 
     assert read_job(url, queued)["live_consumers"] == 0
-    with database.session_scope() as session:
-        for name, queues in (("live-default", ["default", "cpu"]), ("live-gpu", ["gpu"]), ("stale", ["default"])):
-            register_worker(session=session, name=name, host="h", queues=queues, device="cpu", gpu_index=None,
-                            gpu_name=None, pid=1)
-        session.execute(update(WorkerRecord).where(WorkerRecord.name == "stale")
-                        .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
+    register_some_workers(database)
     with database.session_scope() as session:
         counted = len(live_workers(session=session, queue="default"))
     assert read_job(url, queued)["live_consumers"] == counted == 1
