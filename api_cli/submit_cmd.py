@@ -182,7 +182,7 @@ def submit(kind: JobKind, config: Any, queue: Optional[str], upload: Optional[by
             if upload is not None:
                 store_uploaded_weights(session=session, job_id=job.id, weights=upload)
             job_id, lease = job.id, job.resend_after
-    _send_or_take_back([(job_id, lease)], lambda: _send_job(settings, job_id, queue), queue)
+    _send_and_settle([(job_id, lease)], lambda: _send_job(settings, job_id, queue), queue)
     return job_id
 
 
@@ -211,15 +211,15 @@ def submit_pack(configs: list[Any], queue: Optional[str], *, sweep_id: str, pack
                            sweep_id=sweep_id, pack_id=pack_id) for config in configs]
         leases = [(job.id, job.resend_after) for job in jobs]
     job_ids = [job_id for job_id, _ in leases]
-    _send_or_take_back(leases, lambda: send_pack(job_ids, queue), queue)
+    _send_and_settle(leases, lambda: send_pack(job_ids, queue), queue)
     return job_ids
 
 
-def _send_or_take_back(leases: list[tuple[str, Any]], send, queue: str) -> None:
-    """Send the message of rows already written (each owing it, under `lease`). If it cannot be
-    sent, nothing was queued: the rows are taken back, so that nothing half-done is left behind.
-    Once sent, the debts are cleared; a failure there is harmless (a reaper's second message).
-    Then a word where no live worker consumes the queue."""
+def _send_and_settle(leases: list[tuple[str, Any]], send, queue: str) -> None:
+    """Send the message of rows already written (each owing it, under `lease`), then settle what
+    the sending left. If it cannot be sent, nothing was queued: the rows are taken back, so that
+    nothing half-done is left behind. Once sent, the debts are cleared (a failure there is
+    harmless: a reaper's second message), and a word is said where no live worker consumes the queue."""
     from shared.job_write import messages_sent
     from shared.settings import get_settings, redact_url
 
@@ -252,6 +252,9 @@ def _orm_messages_sent(leases: list[tuple[str, Any]]) -> None:
         pass
 
 
+_WARNED: set[str] = set()  # the queues warned about in this process
+
+
 def _warn_if_no_worker_consumes(queue: str, consumers: Optional[int]) -> None:
     """A job on a queue that no live worker consumes (a --device cuda job where every worker is a
     CPU worker, a queue of the user's own naming, no worker started yet) would wait without a
@@ -270,9 +273,6 @@ def _warn_if_no_worker_consumes(queue: str, consumers: Optional[int]) -> None:
         from shared.states import nobody_serves
 
         say(f"warning: {nobody_serves(queue)}; the job waits until one does")
-
-
-_WARNED: set[str] = set()
 
 
 def _report(job_id: str, json_output: bool) -> None:

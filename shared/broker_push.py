@@ -1,16 +1,20 @@
 """`cifarq submit train`'s message, pushed onto Redis as Celery's Redis transport puts it, without
 importing Celery, kombu or redis-py: their imports, the app, the connection pool and the queue's
-declaration were ~160 ms of a ~500 ms submit against PostgreSQL + Redis on 2 cores.
+declaration were ~165 ms of a submit against PostgreSQL + Redis on 2 cores (0.85 s then, with
+the ORM's write; 0.33 s now without either, docs/benchmarks.md).
 
-Only the plain case: a `redis://` broker URL (host, port, database number, user and password)
-and no transport options of the user's (a key prefix, other priority steps). Anything else, and
+Only the plain case: a `redis://` broker URL (host, port, database number, a password with or
+without a user name) and no transport options of the user's (a key prefix, other priority
+steps). Anything else, and
 any failure before Redis answers the push, returns False, and the caller sends through Celery
 (shared/celery_app.py), which retries and explains; a push that Redis took and whose answer was
 lost is then sent twice, which is harmless (a delivery of a job already claimed does nothing).
 
 The message is Celery's task protocol 2 ("Message Protocol" in Celery's docs) in kombu's
 envelope, as `send_task` writes it for the anonymous exchange: an LPUSH onto the list named
-after the queue (kombu's key for priority 0), where a worker's BRPOP finds it.
+after the queue (kombu's key for priority 0), where a worker's BRPOP finds it. Celery's send also
+records the queue's binding (`_kombu.binding.<queue>`); the push does not, as nothing reads it
+for the anonymous exchange, and a worker declares its own queues.
 tests/test_broker_push.py compares it with Celery's own message field by field; every job the
 tests submit against Redis reaches its worker this way.
 """
@@ -77,14 +81,17 @@ def job_message(task: str, args: list, queue: str) -> dict[str, Any]:
 
 
 def _plain_redis(url: str):
-    """(host, port, db, user, password) of a plain redis:// URL, else None."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis" or parts.query or parts.fragment:
-        return None
+    """(host, port, db, user, password) of a plain redis:// URL, else None. A user name without a
+    password is not plain: redis-py then authenticates as that user with an empty password."""
     try:
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or parts.query or parts.fragment:
+            return None
         port = parts.port or 6379
         db = int(parts.path.lstrip("/") or 0)
-    except ValueError:
+    except ValueError:  # a bad port, database number or IPv6 address
+        return None
+    if parts.username and parts.password is None:
         return None
     password = unquote(parts.password) if parts.password is not None else None
     return parts.hostname or "localhost", port, db, unquote(parts.username or ""), password

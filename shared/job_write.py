@@ -1,8 +1,8 @@
-"""A new job's row: what it holds, in one place (`queued_job_values`, which the ORM's create_job
-builds its Job from too), and `cifarq submit train`'s quick write of it through the database's
-own driver (shared/driver.py), without SQLAlchemy.
+"""`cifarq submit train`'s quick write of a new job's row through the database's own driver
+(shared/driver.py), without SQLAlchemy.
 
-The quick write is one INSERT of the columns that queued_job_values names; the database refuses a
+The quick write is one INSERT of the columns that shared/new_job.py queued_job_values names (the
+ORM's create_job builds its Job from the same values); the database refuses a
 column it does not have. After the message is sent, one UPDATE per job clears the debt and one
 SELECT counts the queue's live workers, as shared/jobs.py message_sent and shared/registry.py do.
 tests/test_job_write.py checks that both ways write the same row, on both backends.
@@ -10,27 +10,13 @@ tests/test_job_write.py checks that both ways write the same row, on both backen
 from __future__ import annotations
 
 import enum
-import uuid
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from shared.clock import utcnow
 from shared.driver import PlainConnection, plain_connection
 from shared.errors import CifarqError, first_line
-from shared.states import JobKind, JobStatus
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-def queued_job_values(*, kind: JobKind, params: dict[str, Any], queue: str, resend_after: datetime,
-                      sweep_id: Optional[str] = None, pack_id: Optional[str] = None) -> dict[str, Any]:
-    """Every column a new job sets: queued, owing its first message from `resend_after` on (the
-    submitter's lease: shared/jobs.py, "the message a queued job is owed"); the rest are NULL."""
-    return dict(id=new_job_id(), kind=kind, status=JobStatus.queued, params=params, queue=queue,
-                created_at=utcnow(), attempts=0, cancel_requested=False, epoch=0, step=0,
-                sweep_id=sweep_id, pack_id=pack_id, resend_after=resend_after)
+from shared.new_job import queued_job_values
+from shared.states import JobKind
 
 
 def insert_queued_job(database_url: str, *, kind: JobKind, params: dict[str, Any], queue: str,
@@ -49,12 +35,14 @@ def insert_queued_job(database_url: str, *, kind: JobKind, params: dict[str, Any
                                    resend_after=plain.now() + timedelta(seconds=lease_seconds))
         stored = {column: _stored(plain, value) for column, value in values.items()}
         # One statement in autocommit: written whole, or not at all. Not retried the ORM's way:
-        # a connection lost mid-statement leaves it unknown whether the row was written.
+        # a connection lost mid-statement leaves it unknown whether the row was written (if it
+        # was, its debt stands, and a reaper sends its message when the lease runs out).
         try:
             plain.execute(f"INSERT INTO jobs ({', '.join(stored)}) VALUES ({', '.join(['{p}'] * len(stored))})",
                           tuple(stored.values()))
         except Exception as exc:
-            raise CifarqError(f"could not write the job's row: {first_line(exc)}") from exc
+            raise CifarqError(f"writing the job's row failed: {first_line(exc)} (where the connection was lost, "
+                              "it may have been written all the same: see `cifarq list`)") from exc
     return values["id"], values["resend_after"]
 
 

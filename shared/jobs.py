@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from shared.clock import database_now
 from shared.errors import CifarqError, shown
 from shared.job_view import may_be_id_prefix
-from shared.job_write import queued_job_values
+from shared.new_job import queued_job_values
 from shared.models import Checkpoint, EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 from shared.settings import get_settings
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.clock import utcnow
-from shared.job_write import new_job_id
+from shared.new_job import new_job_id
 from shared.states import JobKind, JobStatus
 
 
