@@ -5,10 +5,10 @@ the ORM's write; 0.33 s now without either, docs/benchmarks.md).
 
 Only the plain case: a `redis://` broker URL (host, port, database number, a password with or
 without a user name) and no transport options of the user's (a key prefix, other priority
-steps). Anything else, and
-any failure before Redis answers the push, returns False, and the caller sends through Celery
-(shared/celery_app.py), which retries and explains; a push that Redis took and whose answer was
-lost is then sent twice, which is harmless (a delivery of a job already claimed does nothing).
+steps). Anything else, and any failure before Redis answers the push, returns False, and the
+caller sends through Celery (shared/celery_app.py), which retries and explains; a push that
+Redis took and whose answer was lost is then sent twice, which is harmless (a delivery of a job
+already claimed does nothing).
 
 The message is Celery's task protocol 2 ("Message Protocol" in Celery's docs) in kombu's
 envelope, as `send_task` writes it for the anonymous exchange: an LPUSH onto the list named
