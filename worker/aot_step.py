@@ -26,6 +26,15 @@ from worker.compile_cache import package_path, shape_key
 
 StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# Inductor's options for the package. By default inductor recomputes a small node inside each op
+# that reads it unless the node reads more than 4 values. The max-pool reads 4, so conv2's im2col,
+# which reads every pooled value 25 times, recomputed the pool (4 loads, 3 maxes, the ReLU) for each
+# of its 60,000 outputs in a scalar gather: 71 us of a 0.50 ms step on an AMD EPYC. At 1, a node
+# that several ops read is stored once whenever it reads more than one value: that kernel takes
+# 12 us, the step 0.40 ms, with the same weights to 1.5e-8 after 100 steps (docs/benchmarks.md).
+# This file is in the packages' key (worker/compile_cache.py), so a change here builds them anew.
+PACKAGE_OPTIONS = {"realize_reads_threshold": 1}
+
 
 def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[StepFunction, bool]:
     """`step_fn` (a TutorialStep or a PackedStep) compiled for batches shaped like these: its
@@ -72,7 +81,7 @@ def build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, path: Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
     try:
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=PACKAGE_OPTIONS)
         partial.replace(path)  # another worker building the same shape meanwhile: either whole package wins
     finally:
         partial.unlink(missing_ok=True)
