@@ -35,7 +35,7 @@ def worker(
         "or a GPU index (pinned, leased too). The environment variable CIFARQ_GPU overrides it."))] = "auto",
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run a Celery worker for this machine's device: one GPU, one job at a time, a fresh process per job.
+    """Run a Celery worker for this machine's device: one GPU, one job at a time (on a GPU, a fresh process per job).
 
     With several GPUs, run one worker per GPU: each leases a free one (docs/deployment.md).
 

@@ -97,7 +97,7 @@ class Settings:
     keep_checkpoints: int = _setting(0, _whole_number_from(0))
     max_attempts: int = _setting(3, _whole_number_from(1))  # deliveries a job may use before it ends failed
     # Launchers' and `cifarq beat`'s rounds: a worker killed hard is noticed within
-    # shared.registry.ALIVE_SECONDS (8) plus this.
+    # shared.states.ALIVE_SECONDS (8) plus this.
     reap_interval_seconds: float = _setting(5.0, _positive_seconds)
     # A job's message not yet known to be in the broker is sent by a reaper after this long
     # (shared/jobs.py, "the message a queued job is owed").

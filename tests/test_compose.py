@@ -135,6 +135,33 @@ def test_gpu_workers_by_default_and_none_with_the_cpu_file(tmp_path):
     assert strip(cpu_worker) == strip(worker)
 
 
+def test_every_setting_reaches_every_cifarq_container(tmp_path):
+    """Each CIFARQ_* setting that shared/settings.py reads, and CIFARQ_GPU (`cifarq worker`),
+    set in .env or the shell, reaches every container that runs cifarq; unset, it stays unset
+    there (cifarq's own default). The compose file sets the paths, URLs and liveness file itself."""
+    import dataclasses
+
+    from shared.settings import Settings
+
+    names = [f"CIFARQ_{field.name.upper()}" for field in dataclasses.fields(Settings)] + ["CIFARQ_GPU"]
+    set_by_compose = {"CIFARQ_HOME", "CIFARQ_DATABASE_URL", "CIFARQ_BROKER_URL", "CIFARQ_DATA_DIR",
+                      "CIFARQ_ARTIFACTS_DIR", "CIFARQ_LIVENESS_FILE"}
+    passed = {name: f"value-of-{name.lower()}" for name in names if name not in set_by_compose}
+    cifarq_services = ("migrate", "worker", "beat", "flower", "cli")
+    given = resolve(tmp_path, **passed)["services"]
+    unset = resolve(tmp_path)["services"]
+    for service in cifarq_services:
+        environment = given[service]["environment"]
+        missing = {name for name, value in passed.items() if environment.get(name) != value}
+        assert not missing, f"{service} does not get {sorted(missing)} from .env or the shell"
+        # `config` prints a variable passed through from nowhere as null: not set in the container.
+        given_anyway = {name for name in passed if unset[service]["environment"].get(name) is not None}
+        assert not given_anyway, f"{service} sets {sorted(given_anyway)} that nobody gave"
+    # The ones compose sets are set for every cifarq service (the liveness file: where a healthcheck reads it).
+    for name in set_by_compose - {"CIFARQ_LIVENESS_FILE"}:
+        assert all(name in given[service]["environment"] for service in cifarq_services), name
+
+
 def test_build_options_reach_every_built_image(tmp_path):
     config = resolve(tmp_path, CIFARQ_PYTHON_IMAGE="local/python:3.11", CIFARQ_PIP_CA="/etc/hostname",
                      CIFARQ_BUILD_NETWORK="host")
