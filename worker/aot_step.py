@@ -81,7 +81,9 @@ def build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, path: Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
     try:
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=PACKAGE_OPTIONS)
+        # A copy: aoti_compile_and_package writes its own keys into the dict it is given.
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial),
+                                                 inductor_configs=dict(PACKAGE_OPTIONS))
         partial.replace(path)  # another worker building the same shape meanwhile: either whole package wins
     finally:
         partial.unlink(missing_ok=True)
