@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -71,9 +71,11 @@ def bound_step(package: Any, tensors: list) -> StepFunction:
     return lambda x, y: loader.run([x, y, *flat_tensors])[0]
 
 
-def build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, path: Path) -> None:
+def build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, path: Path,
+          extra_options: Optional[dict] = None) -> None:
     """Export the step on example batches (traced on fake tensors: nothing is updated) and compile
-    it into a package at `path`, whole or not at all."""
+    it into a package at `path`, whole or not at all. `extra_options`: inductor options on top of
+    PACKAGE_OPTIONS (bench/step_profile.py turns the kernel profile on; jobs pass none)."""
     import torch._inductor
     import torch.export
 
@@ -81,9 +83,9 @@ def build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, path: Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
     try:
-        # A copy: aoti_compile_and_package writes its own keys into the dict it is given.
+        # A new dict: aoti_compile_and_package writes its own keys into the one it is given.
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial),
-                                                 inductor_configs=dict(PACKAGE_OPTIONS))
+                                                 inductor_configs={**PACKAGE_OPTIONS, **(extra_options or {})})
         partial.replace(path)  # another worker building the same shape meanwhile: either whole package wins
     finally:
         partial.unlink(missing_ok=True)
