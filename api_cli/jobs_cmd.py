@@ -107,8 +107,18 @@ def pack_line(job: dict) -> str:
 
 
 def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
-    """Poll the job row and draw its progress on stderr until it ends (or the deadline passes)."""
+    """Read the job row once a second and draw its progress on stderr until it ends (or the
+    deadline passes); its end, announced at its commit, ends the wait at once (shared/job_watch.py)."""
+    from shared.job_watch import JobWatch
+    from shared.settings import get_settings
+
     job = _load(job_id)
+    with JobWatch(get_settings().database, job["id"]) as watch:
+        # Read again now that the watch listens: an end written in between is not missed.
+        return _follow_watched(watch.read() or job, watch, deadline)
+
+
+def _follow_watched(job: dict, watch, deadline: Optional[float]) -> dict:
     view = ProgressView(epoch_images_per_second=_last_epoch_speed(job["id"]))
     epochs_seen = job["progress"]["epoch"]
     served, served_checked = True, -SERVED_CHECK_SECONDS
@@ -130,8 +140,8 @@ def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
         if deadline is not None and time.monotonic() >= deadline:
             view.finish(job)
             return job
-        time.sleep(POLL_SECONDS)
-        job = _load(job["id"])
+        watch.wait(POLL_SECONDS)
+        job = watch.read() or _load(job["id"])
 
 
 def wait(

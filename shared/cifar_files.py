@@ -25,6 +25,7 @@ ARCHIVE = "cifar-10-python.tar.gz"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
 META_FILE = "batches.meta"
+ALL_FILES = [*TRAIN_FILES, *TEST_FILES, META_FILE]
 
 # (module, name) pairs a CIFAR-10 pickle may name: how numpy 1.x and 2.x pickle an array, and
 # how Python 2 pickles bytes (the official files are Python 2 pickles).

@@ -329,12 +329,12 @@ def check_data(*, settings: Settings, workers_here: Optional[list[str]]) -> Chec
     unknown), which read this data dir if they share this shell's settings."""
     data_dir = settings.data
     try:
-        from shared.cifar_files import ARCHIVE, BATCHES_DIR, META_FILE, TEST_FILES, TRAIN_FILES
+        from shared.cifar_files import ALL_FILES, ARCHIVE, BATCHES_DIR
     except ImportError as exc:  # numpy: a client install has none
         return Check("data", WARN, f"{data_dir} not checked: {first_line(exc)} here (a client install)",
                      "pip install numpy, or run `cifarq doctor` where the workers run", {"dir": str(data_dir)})
     folder, archive = data_dir / BATCHES_DIR, data_dir / ARCHIVE
-    names = [*TRAIN_FILES, *TEST_FILES, META_FILE]
+    names = ALL_FILES
     details: dict[str, Any] = {"dir": str(data_dir), "layout": None}
     replace = f"tar xzf cifar-10-python.tar.gz -C {data_dir} (the official archive)"
     missing = [name for name in names if not (folder / name).is_file()]

@@ -70,12 +70,11 @@ def read_job(database_url: str, job_id: str) -> Optional[dict[str, Any]]:
         if plain is None:
             return None
         with plain:
-            row = _one(plain, job_id)
-        if row is None:
-            return None
-        consumers = row.pop("live_consumers")
-        row["kind"], row["status"] = JobKind(row["kind"]), JobStatus(row["status"])
-        return {**job_to_dict(SimpleNamespace(**row)), "live_consumers": consumers}
+            row = row_of(plain, job_id)
+            if row is None:
+                return None
+            consumers = plain.live_consumers(row.queue) if row.status == JobStatus.queued else None
+        return {**job_to_dict(row), "live_consumers": consumers}
     except Exception:  # noqa: BLE001 - the ORM path meets the same problem and says what it is
         return None
 
@@ -86,7 +85,9 @@ _BY_ID = "SELECT * FROM jobs WHERE id = {p}"
 _BY_PREFIX = "SELECT * FROM jobs WHERE id LIKE {p} LIMIT 2"
 
 
-def _one(plain: PlainConnection, job_id: str) -> Optional[dict[str, Any]]:
+def row_of(plain: PlainConnection, job_id: str) -> Optional[SimpleNamespace]:
+    """The job's row, with the attributes of a `shared.models.Job` that job_to_dict reads; None
+    where no one job has this id or unique prefix."""
     cursor = plain.execute(_BY_ID, (job_id,))
     rows = cursor.fetchall()
     if not rows:
@@ -95,5 +96,5 @@ def _one(plain: PlainConnection, job_id: str) -> Optional[dict[str, Any]]:
     if len(rows) != 1:
         return None
     row = dict(zip([column[0] for column in cursor.description], rows[0]))
-    row["live_consumers"] = plain.live_consumers(row["queue"]) if row["status"] == JobStatus.queued.value else None
-    return row
+    row["kind"], row["status"] = JobKind(row["kind"]), JobStatus(row["status"])
+    return SimpleNamespace(**row)

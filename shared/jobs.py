@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from shared.clock import database_now
 from shared.errors import CifarqError, shown
 from shared.job_view import may_be_id_prefix
+from shared.job_watch import announce_end
 from shared.new_job import queued_job_values
 from shared.models import Checkpoint, EpochMetric, Job, JobKind, JobStatus, LogLine, Result
 from shared.settings import get_settings
@@ -129,6 +130,8 @@ def request_cancel(*, session: Session, job: Job) -> Job:
         update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
         .values(status=JobStatus.cancelled, cancel_requested=True, error="cancelled before it started",
                 finished_at=now, resend_after=None)).rowcount
+    if cancelled:
+        announce_end(session, job.id)
     flagged = cancelled or session.execute(
         update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)).rowcount
     session.refresh(job)

@@ -12,6 +12,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import as_utc, database_now, utcnow
+from shared.job_watch import announce_end
 from shared.jobs import delete_checkpoints, prunable_checkpoints
 from shared.metrics import accuracy, correct_and_total
 from shared.models import Checkpoint, ClassResult, EpochMetric, Job, JobStatus, LogLine, Result
@@ -65,8 +66,9 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
 
 
 def _finish_unowned(session: Session, job_id: str, status: JobStatus, error: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
-                    .values(status=status, error=error, finished_at=utcnow()))
+    if session.execute(update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+                       .values(status=status, error=error, finished_at=utcnow())).rowcount:
+        announce_end(session, job_id)
 
 
 def _owned(session: Session, claim: Claim, **values) -> None:
@@ -74,6 +76,8 @@ def _owned(session: Session, claim: Claim, **values) -> None:
                                              Job.status == JobStatus.running).values(**values)).rowcount
     if done != 1:
         raise LeaseLost(claim.job_id)
+    if "status" in values and values["status"].is_final:
+        announce_end(session, claim.job_id)
 
 
 def heartbeat(*, session: Session, claim: Claim, **progress) -> bool:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.cifar_files import META_FILE, TEST_FILES, TRAIN_FILES
+from shared.cifar_files import ALL_FILES, META_FILE, TEST_FILES
 from shared.db import retry_while_unreachable, session_scope
 from shared.errors import CifarqError, first_line
 from shared.jobs import latest_checkpoint
@@ -321,7 +321,7 @@ def resume_of(run: JobRun) -> Optional[Resume]:
 
 def _run_train(run: JobRun, config: TrainConfig, data_dir: Path) -> None:
     device = start_on_device(run, config.device)
-    _record_provenance(run, device, data_dir, [*TRAIN_FILES, *TEST_FILES, META_FILE])
+    _record_provenance(run, device, data_dir, ALL_FILES)
     run.config = config.model_dump()
     resume = resume_of(run)
     settings = get_settings()

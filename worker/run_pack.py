@@ -15,7 +15,7 @@ import socket
 from contextlib import ExitStack
 from typing import Optional
 
-from shared.cifar_files import META_FILE, TEST_FILES, TRAIN_FILES
+from shared.cifar_files import ALL_FILES
 from shared.jobspec import TrainConfig, pack_shape
 from shared.db import session_scope
 from shared.models import Job, JobKind, JobStatus
@@ -73,7 +73,7 @@ def _run_pack(claimed: list[Claimed]) -> dict[str, Optional[JobStatus]]:
             try:
                 device = start_on_device(run, config.device, packed_with=len(claimed))
                 if provenance is None:  # one digest of the data files for the whole pack
-                    provenance = provenance_of(run, device, settings.data, [*TRAIN_FILES, *TEST_FILES, META_FILE])
+                    provenance = provenance_of(run, device, settings.data, ALL_FILES)
                 write_provenance(run, provenance)
                 run.config = config.model_dump()
                 run.log(f"training packed with {len(claimed)} points (pack {pack_id})")

@@ -9,6 +9,7 @@ control and time limits.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 
@@ -20,6 +21,8 @@ from celery.signals import worker_process_init, worker_shutting_down
 
 from shared.celery_app import RUN_JOB_TASK, RUN_PACK_TASK, get_app
 from shared.db import reset_after_fork
+from shared.errors import first_line
+from shared.settings import get_settings
 from worker import run, run_pack
 
 app = get_app()
@@ -51,8 +54,23 @@ def _warm_up() -> None:
         pass
 
 
+def _read_data_ahead() -> None:
+    """The data set read into memory in the parent, once: every child it forks starts with it
+    (worker/data.py), where each job read it again before (~0.5 s with its digest). A data set
+    that is not in place yet, or does not read, is left to the first job, which says why."""
+    from worker.data import read_ahead
+
+    data_dir = get_settings().data
+    try:
+        read_ahead(data_dir)
+    except Exception as exc:  # noqa: BLE001 - a job reading it fails with the same error, on its record
+        logging.getLogger("cifarq.data").warning("the data set was not read ahead: %s", first_line(exc, 300))
+
+
 if os.environ.get("CIFARQ_WORKER_DEVICE") == "cpu":  # set by `cifarq worker` (worker/launcher.py)
     _warm_up()
+if os.environ.get("CIFARQ_WORKER_DEVICE"):  # a worker's parent; not a process that merely imports this
+    _read_data_ahead()
 
 # The launcher sends this to the job's process when the worker is asked to stop (SIGTERM,
 # `docker compose stop`): the job checkpoints at its next safe point and goes back to the queue.

@@ -85,13 +85,10 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
         loss_sum = torch.zeros((), device=device)  # summed on the device; read at log points only
         logged_sum = 0.0
         for step in range(steps_per_epoch):
-            if step % CHUNK_STEPS == 0:  # (3, k, 32, 32): channel-major, as the step takes it
+            if step % CHUNK_STEPS == 0:
                 chunk = order[step * batch_size:(step + CHUNK_STEPS) * batch_size]
-                inputs_chunk = normalize(images[chunk].transpose(0, 1).contiguous())
-                targets_chunk = labels[chunk]
-            first = (step % CHUNK_STEPS) * batch_size
-            inputs = inputs_chunk[:, first:first + batch_size]
-            targets = targets_chunk[first:first + batch_size]
+                chunk_batches = batches(images[chunk], labels[chunk], batch_size)
+            inputs, targets = chunk_batches[step % CHUNK_STEPS]
             if full_batch_step is not None and len(targets) == batch_size:
                 loss_sum += full_batch_step(inputs, targets)
             else:
@@ -110,6 +107,20 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
                   lr=config.lr, model=model, optimizer_state=optimizer.state_dict())
     hooks.log("Finished Training")
     return model
+
+
+def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images (k, 3, 32, 32) and their labels as mini-batches in order: (inputs, targets),
+    inputs normalised and channel-major (3, b, 32, 32), as the step takes them; the last may be
+    short. Each batch is contiguous on its own, so the compiled step takes it without a copy
+    (slices of one channel-major chunk were copied at every step: ~8 us of a 0.4 ms step)."""
+    count = len(labels) // batch_size
+    full = count * batch_size
+    inputs = normalize(images[:full].view(count, batch_size, 3, 32, 32).transpose(1, 2).contiguous())
+    out = list(zip(inputs, labels[:full].view(count, batch_size)))
+    if full < len(labels):
+        out.append((normalize(images[full:].transpose(0, 1).contiguous()), labels[full:]))
+    return out
 
 
 def capture_step(step_fn, batch_size: int, device: torch.device, hooks: TrainHooks, points: Optional[int] = None):
@@ -173,8 +184,8 @@ class CompiledStep:
         self.wait_for_warm_up = wait_for_warm_up
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # Contiguous: the batches are slices of a chunk, whose strides depend on the chunk's size,
-        # and the package is built for one layout. A copy of one batch costs microseconds.
+        # Contiguous: the package is built for one layout, and a packed recipe's batches are
+        # slices of a chunk, whose strides depend on the chunk's size (a no-op where contiguous).
         inputs, targets = inputs.contiguous(), targets.contiguous()
         if self.state == "ready":
             return self.compiled(inputs, targets)
