@@ -112,14 +112,15 @@ def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
     from shared.job_watch import JobWatch
     from shared.settings import get_settings
 
-    job = _load(job_id)
+    job = _load(job_id, quick=True)
+    job.pop("live_consumers", None)  # the quick read's count: not part of the status object
     with JobWatch(get_settings().database, job["id"]) as watch:
         # Read again now that the watch listens: an end written in between is not missed.
         return _follow_watched(watch.read() or job, watch, deadline)
 
 
 def _follow_watched(job: dict, watch, deadline: Optional[float]) -> dict:
-    view = ProgressView(epoch_images_per_second=_last_epoch_speed(job["id"]))
+    view = ProgressView(epoch_images_per_second=watch.last_epoch_speed(lambda: _last_epoch_speed(job["id"])))
     epochs_seen = job["progress"]["epoch"]
     served, served_checked = True, -SERVED_CHECK_SECONDS
     while True:
@@ -128,14 +129,14 @@ def _follow_watched(job: dict, watch, deadline: Optional[float]) -> dict:
             return job
         if job["status"] == JobStatus.queued.value and time.monotonic() - served_checked >= SERVED_CHECK_SECONDS:
             served_checked = time.monotonic()
-            was_served, served = served, _live_consumers(job["queue"]) > 0
+            was_served, served = served, watch.live_consumers(job["queue"], lambda: _live_consumers(job["queue"])) > 0
             if was_served and not served:  # said once, and again only after a worker came and went
                 from shared.states import nobody_serves
 
                 view.note(f"{job['id']} waits: {nobody_serves(job['queue'])}")
         if job["progress"]["epoch"] != epochs_seen:  # an epoch ended: its speed is the next guess
             epochs_seen = job["progress"]["epoch"]
-            view.speed.epoch_images_per_second = _last_epoch_speed(job["id"])
+            view.speed.epoch_images_per_second = watch.last_epoch_speed(lambda: _last_epoch_speed(job["id"]))
         view.update(job)
         if deadline is not None and time.monotonic() >= deadline:
             view.finish(job)

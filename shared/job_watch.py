@@ -5,7 +5,7 @@ job ends rather than at its next read (half a second later on average, up to a s
 How an end is announced (`announce_end`, called wherever a job's final state is written):
 - PostgreSQL: NOTIFY on the job's own channel, inside the transaction that writes the end: it is
   delivered at that commit, never for a write rolled back. The follower LISTENs on the connection
-  it reads on, so following still costs one connection and one read a second.
+  it reads on, so following costs one connection (all its reads use it) and one read a second.
 - SQLite (one file on one host): an empty file per ended job in a folder beside the database
   (<db>-ends/<id>), written after the commit; the follower looks for it 10 times a second (a stat,
   not a query). Files older than an hour are removed as new ones are written.
@@ -21,7 +21,7 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from shared.driver import plain_connection
 from shared.job_view import job_to_dict, row_of
@@ -29,6 +29,8 @@ from shared.job_view import job_to_dict, row_of
 SQLITE_PREFIX = "sqlite:///"
 END_FILE_SECONDS = 3600  # how long an end file is kept: a follower that starts later reads the row
 END_FILE_POLL_SECONDS = 0.1  # 50 followers: 500 stats a second, ~1% of a core (bench/followers.py)
+_LAST_SPEED = "SELECT images_per_second FROM epoch_metrics WHERE job_id = {p} ORDER BY epoch DESC LIMIT 1"
+T = TypeVar("T")
 _ENDED = "cifarq_ended_jobs"  # session.info key: jobs whose end this session's commit announces (SQLite)
 
 
@@ -60,14 +62,26 @@ class JobWatch:
             self.close()
 
     def read(self) -> Optional[dict[str, Any]]:
-        if self.plain is None:
-            return None
-        try:
-            row = row_of(self.plain, self.job_id)
-        except Exception:  # noqa: BLE001 - as above; from here on, the ORM reads
-            self.close()
-            return None
+        row = self._plain_or(lambda: None, lambda plain: row_of(plain, self.job_id))
         return None if row is None else job_to_dict(row)
+
+    # The follower's two other reads, on the same connection: a second one held per follower
+    # (the ORM's pool) would take 100 of PostgreSQL's 100 connections for 50 followers.
+    def last_epoch_speed(self, fallback: Callable[[], Optional[float]]) -> Optional[float]:
+        """images/s of the job's last finished epoch (shared.results.last_epoch_speed)."""
+        return self._plain_or(fallback, lambda plain: next(iter(plain.execute(_LAST_SPEED, (self.job_id,)).fetchall()),
+                                                           (None,))[0])
+
+    def live_consumers(self, queue: str, fallback: Callable[[], int]) -> int:
+        return self._plain_or(fallback, lambda plain: plain.live_consumers(queue))
+
+    def _plain_or(self, fallback: Callable[[], T], read: Callable[[Any], T]) -> T:
+        if self.plain is not None:
+            try:
+                return read(self.plain)
+            except Exception:  # noqa: BLE001 - as above; from here on, the ORM reads
+                self.close()
+        return fallback()
 
     def wait(self, seconds: float) -> bool:
         """True when the job's end was announced within `seconds`."""

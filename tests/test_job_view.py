@@ -85,9 +85,13 @@ def test_status_never_imports_sqlalchemy(sqlite_env):
     result = subprocess.run([sys.executable, "-c", probe, queued], capture_output=True, text=True,
                             env=sqlite_env.vars, cwd=REPO, timeout=60)
     assert "SQLALCHEMY False EXIT 0" in result.stderr and '"live_consumers": 0' in result.stdout, result.stderr
-    # The probe would notice: `status --follow` polls through the ORM's pooled connection.
+    # Following reads on one plain connection too (shared/job_watch.py).
     result = subprocess.run([sys.executable, "-c", probe.replace("'--json'", "'--json', '--follow'"), job],
                             capture_output=True, text=True, env=sqlite_env.vars, cwd=REPO, timeout=60)
+    assert "SQLALCHEMY False EXIT 0" in result.stderr and '"status": "cancelled"' in result.stdout, result.stderr
+    # The probe would notice: `list` reads through the ORM.
+    result = subprocess.run([sys.executable, "-c", probe.replace("'status', sys.argv[1], '--json'", "'list', '--json'"),
+                             job], capture_output=True, text=True, env=sqlite_env.vars, cwd=REPO, timeout=60)
     assert "SQLALCHEMY True EXIT 0" in result.stderr, result.stderr
 
 

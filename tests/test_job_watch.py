@@ -3,6 +3,8 @@
 a cancel, and never for a write that was rolled back."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 
 from shared.job_watch import JobWatch
 from shared.jobs import get_job, request_cancel
+from tests.conftest import REPO
 
 
 def _cancel(database, job_id: str, *, then_fail: bool = False) -> None:
@@ -64,3 +67,31 @@ def test_a_url_the_plain_driver_does_not_take_reads_nothing_and_sleeps(tmp_path)
         started = time.monotonic()
         assert watch.wait(0.2) is False
         assert time.monotonic() - started >= 0.2
+
+
+def test_a_follower_holds_one_postgresql_connection(tmp_path, small_cifar):
+    """All of a follower's reads go through the connection it listens on: 50 followers take 50 of
+    PostgreSQL's 100 connections, not 100 (the ORM's pool held a second one each)."""
+    import psycopg
+
+    from tests.conftest import PG_ADMIN_URL, make_env
+
+    env, cleanup = make_env("postgres", tmp_path / "home", small_cifar)
+    database = env.vars["CIFARQ_DATABASE_URL"].rsplit("/", 1)[1]
+    job_id = env.submit_train("--epochs", "1")
+    follower = subprocess.Popen([sys.executable, "-m", "api_cli.main", "wait", job_id, "--timeout", "60"],
+                                env=env.vars, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        counts = []
+        deadline = time.monotonic() + 30
+        while len(counts) < 8 or counts[-8:] != [counts[-1]] * 8:  # the same count for 2 s
+            assert time.monotonic() < deadline and follower.poll() is None, f"counts {counts}"
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                counts.append(admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                            (database,)).fetchone()[0])
+            time.sleep(0.25)
+        assert counts[-1] == 1
+    finally:
+        follower.kill()
+        follower.wait()
+        cleanup()
