@@ -29,7 +29,7 @@ from shared.job_view import job_to_dict, row_of
 
 SQLITE_PREFIX = "sqlite:///"
 END_FILE_SECONDS = 3600  # how long an end file is kept: a follower that starts later reads the row
-END_FILE_POLL_SECONDS = 0.1  # 50 followers: 500 stats a second, ~1% of a core (bench/followers.py)
+END_FILE_POLL_SECONDS = 0.1  # a stat: 50 followers of one job slowed it 2.7% (bench/followers.py, docs)
 _LAST_SPEED = "SELECT images_per_second FROM epoch_metrics WHERE job_id = {p} ORDER BY epoch DESC LIMIT 1"
 T = TypeVar("T")
 _ENDED = "cifarq_ended_jobs"  # session.info key: jobs whose end this session's commit announces (SQLite)
@@ -51,6 +51,7 @@ class JobWatch:
     def __init__(self, database_url: str, job_id: str):
         self.job_id = job_id
         self.end_file: Optional[Path] = None
+        self._end_told: Optional[int] = None
         try:
             self.plain = plain_connection(database_url)
             if self.plain is not None and self.plain.dialect == "postgresql":
@@ -97,16 +98,26 @@ class JobWatch:
                     if left <= 0:
                         return False
                     # Woken by the server, else once at the end: psycopg's own wait looks every
-                    # 0.1 s, and 50 followers doing that cost their job 13% rather than 3 to 4%.
+                    # 0.1 s, and 50 followers doing that slowed their job 13% rather than ~5%.
                     select.select([connection.fileno()], [], [], left)
             except Exception:  # noqa: BLE001 - the connection is gone: sleep out the interval
                 self.close()
         while self.end_file is not None and time.monotonic() < deadline:
-            if self.end_file.exists():
+            if self._end_file_is_new():
                 return True
             time.sleep(min(END_FILE_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
         time.sleep(max(deadline - time.monotonic(), 0))
         return False
+
+    def _end_file_is_new(self) -> bool:
+        """The end file is there, written since this watch last said so: a job's end is told
+        once, and a wait never turns into a loop of reads."""
+        try:
+            written = self.end_file.stat().st_mtime_ns
+        except OSError:
+            return False
+        told, self._end_told = self._end_told, written
+        return written != told
 
     def close(self) -> None:
         plain, self.plain, self.end_file = getattr(self, "plain", None), None, None
@@ -128,9 +139,10 @@ def announce_end(session: Any, job_id: str) -> None:
     transaction (a SQLAlchemy Session): at its commit, not before, and never if it rolls back."""
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        from sqlalchemy import func, select
+        from sqlalchemy import func
+        from sqlalchemy import select as select_sql
 
-        session.execute(select(func.pg_notify(end_channel(job_id), "")))
+        session.execute(select_sql(func.pg_notify(end_channel(job_id), "")))
     elif bind.dialect.name == "sqlite" and bind.url.database not in (None, "", ":memory:"):
         _listen_for_commits()
         session.info.setdefault(_ENDED, set()).add(job_id)

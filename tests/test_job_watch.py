@@ -95,3 +95,18 @@ def test_a_follower_holds_one_postgresql_connection(tmp_path, small_cifar):
         follower.kill()
         follower.wait()
         cleanup()
+
+
+def test_an_end_is_told_once(tmp_path, small_cifar):
+    """A SQLite end file seen once does not end the next wait too: no loop of reads."""
+    from tests.conftest import make_env
+
+    env, _ = make_env("sqlite", tmp_path / "home", small_cifar)
+    job_id = env.submit_train("--epochs", "1")
+    env.cli("cancel", job_id)
+    with JobWatch(f"sqlite:///{env.home / 'cifarq.db'}", job_id) as watch:
+        assert watch.read()["status"] == "cancelled"
+        assert watch.wait(5) is True  # the cancel's end file, written before the watch began
+        started = time.monotonic()
+        assert watch.wait(0.3) is False
+        assert time.monotonic() - started >= 0.3

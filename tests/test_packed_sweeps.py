@@ -170,15 +170,18 @@ def test_a_packed_sweep_trains_its_points_together_each_its_own_job(env, tmp_pat
 
     # Each point trained as its standalone twin: its own initial weights and batches (seed) and
     # learning rate. Its first 100 steps' logged losses match (to the printed 3 decimals, give or
-    # take a rounding); lr 0.001 stays smooth enough for every epoch's loss to match up to float
-    # rounding (lr 0.01 at batch 4 is chaotic: weights moved by 1e-7 end epoch 1 5% apart).
+    # take a rounding); lr 0.001 stays smooth enough for every epoch's loss to match to a few parts
+    # in a thousand (lr 0.01 at batch 4 is chaotic: weights moved by 1e-7 end epoch 1 5% apart).
+    # The rounding is the CPU's: on an AMD EPYC within 1e-3; on an Intel Xeon (AVX-512) the third
+    # epoch of (0.001, 0) ends 1.8e-3 apart (0.97837 packed, 0.98018 alone), the same before and
+    # after 2026-11-30's changes.
     packed, twins = by_params(done), by_params(alone)
     assert set(packed) == set(twins) == {(0.01, 0), (0.01, 1), (0.001, 0), (0.001, 1)}
     for key, job_id in packed.items():
         assert first_windows(logs[job_id]) == pytest.approx(first_windows(logs[twins[key]]), abs=0.0011), key
         if key[0] == 0.001:
             mine, theirs = epoch_metrics(env, job_id), epoch_metrics(env, twins[key])
-            assert [loss for _, loss in mine] == pytest.approx([loss for _, loss in theirs], rel=1e-3), key
+            assert [loss for _, loss in mine] == pytest.approx([loss for _, loss in theirs], rel=5e-3), key
     print("accuracy packed vs alone:", {k: (results[packed[k]]["accuracy"], results[twins[k]]["accuracy"])
                                          for k in packed})
 
