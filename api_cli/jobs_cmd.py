@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -10,6 +10,9 @@ from api_cli.options import JobIdArg, JsonOption
 from api_cli.output import print_json, print_table, say
 from api_cli.progress import ProgressView, progress_line
 from shared.states import JobKind, JobStatus
+
+if TYPE_CHECKING:
+    from shared.job_watch import JobWatch
 
 POLL_SECONDS = 1.0  # one primary-key read a second per follower (heartbeats come every 5 s by default)
 SERVED_CHECK_SECONDS = 10.0  # how often a follower of a queued job asks whether any worker could take it
@@ -119,7 +122,7 @@ def _follow(job_id: str, deadline: Optional[float] = None) -> dict:
         return _follow_watched(watch.read() or job, watch, deadline)
 
 
-def _follow_watched(job: dict, watch, deadline: Optional[float]) -> dict:
+def _follow_watched(job: dict, watch: JobWatch, deadline: Optional[float]) -> dict:
     view = ProgressView(epoch_images_per_second=watch.last_epoch_speed(lambda: _last_epoch_speed(job["id"])))
     epochs_seen = job["progress"]["epoch"]
     served, served_checked = True, -SERVED_CHECK_SECONDS

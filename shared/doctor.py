@@ -334,17 +334,16 @@ def check_data(*, settings: Settings, workers_here: Optional[list[str]]) -> Chec
         return Check("data", WARN, f"{data_dir} not checked: {first_line(exc)} here (a client install)",
                      "pip install numpy, or run `cifarq doctor` where the workers run", {"dir": str(data_dir)})
     folder, archive = data_dir / BATCHES_DIR, data_dir / ARCHIVE
-    names = ALL_FILES
     details: dict[str, Any] = {"dir": str(data_dir), "layout": None}
     replace = f"tar xzf cifar-10-python.tar.gz -C {data_dir} (the official archive)"
-    missing = [name for name in names if not (folder / name).is_file()]
+    missing = [name for name in ALL_FILES if not (folder / name).is_file()]
     if not missing:
         details["layout"] = "folder"
         return _read_folder(folder, details, replace)
     if archive.is_file():
         details["layout"] = "archive"
-        return _list_archive(archive, names, details)
-    if len(missing) < len(names):
+        return _list_archive(archive, ALL_FILES, details)
+    if len(missing) < len(ALL_FILES):
         return Check("data", FAIL, f"{folder} is incomplete: missing {', '.join(missing)}", replace, details)
     put = f"put {BATCHES_DIR}/ or {ARCHIVE} in {data_dir} (a worker downloads it only with internet access)"
     if workers_here:

@@ -71,8 +71,7 @@ class JobWatch:
     # (the ORM's pool) would take 100 of PostgreSQL's 100 connections for 50 followers.
     def last_epoch_speed(self, fallback: Callable[[], Optional[float]]) -> Optional[float]:
         """images/s of the job's last finished epoch (shared.results.last_epoch_speed)."""
-        return self._plain_or(fallback, lambda plain: next(iter(plain.execute(_LAST_SPEED, (self.job_id,)).fetchall()),
-                                                           (None,))[0])
+        return self._plain_or(fallback, lambda plain: (plain.execute(_LAST_SPEED, (self.job_id,)).fetchone() or (None,))[0])
 
     def live_consumers(self, queue: str, fallback: Callable[[], int]) -> int:
         return self._plain_or(fallback, lambda plain: plain.live_consumers(queue))
