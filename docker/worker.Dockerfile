@@ -75,7 +75,8 @@ WORKDIR /home/cifarq
 # eagerly beside a 15-30 s build. On another CPU the key differs and the worker builds its own at
 # start. A build that cannot compile the step fails here rather than ship a worker that would
 # run every CPU job eagerly.
-# The compiler's precompiled headers (~290 MB in /tmp) only speed up later builds: not kept.
+# Inductor's default cache in /tmp (precompiled headers there, before worker/aot_step.py turned
+# them off: ~290 MB) only speeds up later builds: not kept.
 RUN if [ "$CPU_STEP" = compiled ]; then \
       TORCHINDUCTOR_CACHE_DIR="$CIFARQ_HOME/cache/inductor" python3 -m worker.warm_up && rm -rf /tmp/torchinductor_*; \
     fi

@@ -155,6 +155,55 @@ def test_compiled_cpu_step_matches_the_tutorial_loop(data_dir):
     assert max_difference(model, reference_loop(config, split, epochs=2)) < 1e-5
 
 
+def test_a_job_that_started_eagerly_takes_the_warm_up_s_step_once_it_is_in(data_dir, monkeypatch, tmp_path):
+    """A fresh host's first job runs eagerly while its worker's warm-up builds the step beside it;
+    once the warm-up's package and figures are in, the job loads the package for its steps left."""
+    import os
+    import shutil
+
+    from worker.compile_cache import package_path, shape_key, write_figures
+    from worker.recipes.tutorial import CompiledStep
+
+    session_cache = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no figures yet: the job starts eagerly
+
+    class WarmUpDoneAfterTheFirstEpoch(Recorder):
+        def epoch_done(self, **report):
+            super().epoch_done(**report)
+            if report["epoch"] != 1:
+                return
+            # What the warm-up leaves, package first and figures last: the package is built (or
+            # loaded) in the session's cache, where other tests share it, and copied into this one.
+            net = Net()
+            step = TutorialStep(net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
+            key = shape_key(step, 4)  # in the job's own thread count
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = session_cache
+            try:
+                assert CompiledStep(step, Recorder(), wait_for_warm_up=False).compile_now(4, CPU) > 0
+                built = package_path(key)
+            finally:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)
+            package_path(key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(built, package_path(key))
+            self.lines.append("(the warm-up is done)")
+            write_figures(key, {"first_compile_seconds": 30.0, "cached_compile_seconds": 0.01,
+                                "eager_seconds_per_step": 0.001, "compiled_seconds_per_step": 0.0005})
+
+    config = TrainConfig(epochs=3, lr=0.01, seed=5, log_every=1000)
+    full = load_split(data_dir, train=True)
+    split = Split(full.images[:198], full.labels[:198], full.classes)
+    hooks = WarmUpDoneAfterTheFirstEpoch()
+    model = train(config, data_dir=data_dir, device=CPU, hooks=hooks, train_set=split, cpu_compile="auto")
+    done = hooks.lines.index("(the warm-up is done)")
+    assert not any(line.startswith("step compiled") for line in hooks.lines[:done])  # epoch 1: eager
+    assert hooks.lines[done + 1].startswith("step compiled ahead of time, loaded in")
+    assert hooks.lines[done + 2] == ("the worker's warm-up has compiled the step: it runs compiled from epoch 2, "
+                                     "step 1 on")
+    assert hooks.compile_seconds > 0
+    # The load ran a step on zeros and put the weights back: the same weights as the tutorial's loop.
+    assert max_difference(model, reference_loop(config, split, epochs=3)) < 1e-5
+
+
 def test_the_step_is_compiled_only_where_it_pays_and_can(monkeypatch, tmp_path):
     from worker.recipes.tutorial import COMPILE_MIN_STEPS, compile_step
     from worker.compile_cache import package_path, shape_key, write_figures

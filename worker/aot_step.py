@@ -32,8 +32,23 @@ StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # of its 60,000 outputs in a scalar gather: 71 us of a 0.50 ms step on an AMD EPYC. At 1, a node
 # that several ops read is stored once whenever it reads more than one value: that kernel takes
 # 12 us, the step 0.40 ms, with the same weights to 1.5e-8 after 100 steps (docs/benchmarks.md).
+#
+# The other three make a host's first build shorter, which the first job on a fresh host waits out
+# (or runs eagerly beside). Measured on a 2-core Xeon (docs/benchmarks.md, 2026-11-30): 66 s -> 42 s.
+# - Precompiled headers: inductor first builds two of them (~19 s on that host) to save ~6 s in each
+#   later build. A host builds one to three packages, so they cost more than they save. The
+#   package is the same code either way (same step time, measured).
+# - `vec_isa_ok` (ISA_TRUSTED): inductor otherwise test-compiles a kernel for each SIMD instruction
+#   set the CPU's flags name (~10 s once per cache) to learn whether the compiler takes it, when it
+#   builds and again when a package loads (it compares the package's instruction set with the
+#   host's). A compiler that does not take it fails the build, and the job runs its step eagerly
+#   (worker/recipes/tutorial.py).
+# Left at its default: the wrapper's optimisation level. At O0 the build saves ~5 s more, and every
+# step is 8 to 17% slower.
 # This file is in the packages' key (worker/compile_cache.py), so a change here builds them anew.
-PACKAGE_OPTIONS = {"realize_reads_threshold": 1}
+ISA_TRUSTED = {"cpp.vec_isa_ok": True}
+PACKAGE_OPTIONS = {"realize_reads_threshold": 1,
+                   "aot_inductor.precompile_headers": False, "cpp_cache_precompile_headers": False, **ISA_TRUSTED}
 
 
 def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[StepFunction, bool]:
@@ -47,7 +62,8 @@ def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor) -> 
     if built:
         build(step_fn, inputs, targets, path)
     try:
-        package = torch._inductor.aoti_load_package(str(path))
+        with torch._inductor.config.patch(ISA_TRUSTED):
+            package = torch._inductor.aoti_load_package(str(path))
     except Exception:
         if not built:  # a package that does not load is built again by the next compile, not failed on again
             path.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ Same recipe as the tutorial (Net, CrossEntropyLoss, SGD with momentum, batch 4),
 - on the CPU, for jobs long enough to repay it, the full-batch step is compiled ahead of time by
   AOTInductor (inductor fuses the ~45 small ops into a few C++ loops: 1.4-1.7x per step;
   worker/aot_step.py); short jobs, hosts without a C++ compiler and failed compiles run the
-  same step eagerly;
+  same step eagerly, and a job that starts before the worker's warm-up has measured the step
+  (a fresh host's first job) takes the compiled step once it has (WarmUpWatch);
 - the loss is summed on the device and read only when a log line is due.
 
 worker/train.py picks this loop or the fast recipe's (worker/recipes/fast.py) by config.recipe.
@@ -76,6 +77,9 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
         if full_batch_step is not None:  # before the first epoch's clock starts: its images/s are training's
             hooks.phase("compiling")
             hooks.compiled(full_batch_step.compile_now(batch_size, device))
+    # Eager for want of the warm-up's figures: take its compiled step once they are in, where it pays.
+    warm_up = WarmUpWatch.for_job(step_fn, hooks, mode=cpu_compile, batch_size=batch_size) \
+        if device.type == "cpu" and full_batch_step is None else None
     hooks.phase("training")
     model.train()
     for epoch in range(start_epoch, config.epochs):
@@ -88,6 +92,10 @@ def train_tutorial(config: TrainConfig, *, data_dir: Path, device: torch.device,
             if step % CHUNK_STEPS == 0:
                 chunk = order[step * batch_size:(step + CHUNK_STEPS) * batch_size]
                 chunk_batches = batches(images[chunk], labels[chunk], batch_size)
+                if warm_up is not None and not warm_up.settled:
+                    steps_left = (config.epochs - epoch) * (n // batch_size) - step
+                    full_batch_step, seconds = warm_up.compiled_step(steps_left, epoch=epoch + 1, step=step)
+                    started += seconds  # the load is the compile's time, not the epoch's
             inputs, targets = chunk_batches[step % CHUNK_STEPS]
             if full_batch_step is not None and len(targets) == batch_size:
                 loss_sum += full_batch_step(inputs, targets)
@@ -221,6 +229,39 @@ class CompiledStep:
                 for t, before in zip([*self.eager.params, *self.eager.buffers], saved):
                     t.copy_(before)
         return time.perf_counter() - started
+
+
+class WarmUpWatch:
+    """A CPU job that started eagerly for want of the warm-up's figures for its shape: the first job
+    on a fresh host, while its worker's warm-up still builds the step on the other core (20 to 60 s
+    on 2 cores). Once the figures are in, the job loads the warm-up's package for the steps it has
+    left, where they repay the load. Checked once per chunk of batches: one small file read."""
+
+    def __init__(self, step_fn, hooks: TrainHooks, key: str, batch_size: int):
+        self.step_fn, self.hooks, self.key, self.batch_size = step_fn, hooks, key, batch_size
+        self.settled = False  # the figures are in, and the job has its answer
+
+    @classmethod
+    def for_job(cls, step_fn, hooks: TrainHooks, *, mode: str, batch_size: int) -> Optional["WarmUpWatch"]:
+        """A watch where the job runs eagerly only because there are no figures yet (mode auto)."""
+        key = shape_key(step_fn, batch_size)
+        return cls(step_fn, hooks, key, batch_size) if mode == "auto" and warm_figures(key) is None else None
+
+    def compiled_step(self, steps_left: int, *, epoch: int, step: int) -> tuple[Optional[CompiledStep], float]:
+        """The compiled step, loaded now, where the figures are in and say it pays for `steps_left`
+        steps (else None), and the seconds the load took."""
+        figures = warm_figures(self.key)
+        if figures is None:
+            return None, 0.0
+        self.settled = True
+        if not compile_pays(figures, steps_left) or not package_path(self.key).exists():
+            return None, 0.0
+        compiled = CompiledStep(self.step_fn, self.hooks)
+        seconds = compiled.compile_now(self.batch_size, torch.device("cpu"))
+        self.hooks.compiled(seconds)
+        self.hooks.log(f"the worker's warm-up has compiled the step: it runs compiled from epoch {epoch}, "
+                       f"step {step + 1} on")
+        return compiled, seconds
 
 
 def compile_step(step_fn, hooks: TrainHooks, *, mode: str, batch_size: int, steps: int,
