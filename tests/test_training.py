@@ -262,6 +262,23 @@ def test_a_package_that_does_not_load_runs_the_step_eagerly_and_is_built_again_n
     assert not package.exists()  # the next compile of this shape builds it anew
 
 
+def test_a_load_only_step_never_builds(monkeypatch, tmp_path):
+    """What a job that took the warm-up's step mid-run does where the package went missing (a
+    cleared cache): it runs on eagerly rather than building for a minute in the middle of the job."""
+    from worker.compile_cache import package_path, shape_key
+    from worker.recipes.tutorial import CompiledStep
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = Net()
+    step = TutorialStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    hooks = Recorder()
+    compiled = CompiledStep(step, hooks, wait_for_warm_up=False, build_missing=False)
+    compiled.compile_now(4, CPU)
+    assert compiled.state == "failed" and hooks.lines[0].startswith("compiling the step failed (FileNotFoundError")
+    assert not package_path(shape_key(step, 4)).exists()
+
+
 def test_the_package_called_through_its_loader_is_the_package_called_through_its_own_call():
     """worker/aot_step.bound_step hands the loader the flat list that the package's __call__
     would make: same losses and same weights, to the bit, step after step."""

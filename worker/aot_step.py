@@ -38,11 +38,12 @@ StepFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # - Precompiled headers: inductor first builds two of them (~19 s on that host) to save ~6 s in each
 #   later build. A host builds one to three packages, so they cost more than they save. The
 #   package is the same code either way (same step time, measured).
-# - `vec_isa_ok` (ISA_TRUSTED): inductor otherwise test-compiles a kernel for each SIMD instruction
-#   set the CPU's flags name (~10 s once per cache) to learn whether the compiler takes it, when it
-#   builds and again when a package loads (it compares the package's instruction set with the
-#   host's). A compiler that does not take it fails the build, and the job runs its step eagerly
-#   (worker/recipes/tutorial.py).
+# - `vec_isa_ok` (ISA_TRUSTED): inductor otherwise test-compiles a kernel for AVX-512 and one for
+#   AVX2, where the CPU's flags name them (~10 s once per cache), to learn whether the compiler
+#   takes them: when it builds, and again when a package loads (to compare the package's
+#   instruction set with the host's, a comparison that only warns). A compiler that does not take
+#   them fails the build, and the job runs its step eagerly (worker/recipes/tutorial.py). (CPUs
+#   with AVX-512 BF16, VNNI or AMX still get those extensions' own test compiles.)
 # Left at its default: the wrapper's optimisation level. At O0 the build saves ~5 s more, and every
 # step is 8 to 17% slower.
 # This file is in the packages' key (worker/compile_cache.py), so a change here builds them anew.
@@ -51,14 +52,18 @@ PACKAGE_OPTIONS = {"realize_reads_threshold": 1,
                    "aot_inductor.precompile_headers": False, "cpp_cache_precompile_headers": False, **ISA_TRUSTED}
 
 
-def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[StepFunction, bool]:
+def load_or_build(step_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, *,
+                  build_missing: bool = True) -> tuple[StepFunction, bool]:
     """`step_fn` (a TutorialStep or a PackedStep) compiled for batches shaped like these: its
-    package loaded, built first where this host has none for the shape. Returns the compiled step,
-    f(inputs, targets) -> loss, bound to step_fn's own tensors, and whether it was built now."""
+    package loaded, built first where this host has none for the shape (FileNotFoundError instead
+    where not `build_missing`). Returns the compiled step, f(inputs, targets) -> loss, bound to
+    step_fn's own tensors, and whether it was built now."""
     import torch._inductor  # here, not at import: inductor takes ~0.9 s to import, and a GPU job never needs it
 
     path = package_path(shape_key(step_fn, inputs.shape[-3]))  # (..., 3, n, 32, 32): n is the batch size
     built = not path.exists()
+    if built and not build_missing:
+        raise FileNotFoundError(f"no compiled step at {path}")
     if built:
         build(step_fn, inputs, targets, path)
     try:

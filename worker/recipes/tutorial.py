@@ -178,9 +178,10 @@ class CompiledStep:
     default one), built first otherwise. If that fails (no C++ compiler after all, an op inductor
     cannot lower), the step runs eagerly from then on."""
 
-    def __init__(self, step_fn, hooks: TrainHooks, *, wait_for_warm_up: bool = True):
+    def __init__(self, step_fn, hooks: TrainHooks, *, wait_for_warm_up: bool = True, build_missing: bool = True):
         """`step_fn`: a TutorialStep or a PackedStep; `wait_for_warm_up`: compile_now waits while
-        the worker's warm-up compiles (worker/warm_up.py), then loads the step it built."""
+        the worker's warm-up compiles (worker/warm_up.py), then loads the step it built;
+        `build_missing`: where the package is not there, build it (else run eagerly)."""
         import torch._inductor.config as inductor_config
 
         # Compile in this process rather than in a pool of compiler processes: a job runs in a
@@ -189,7 +190,7 @@ class CompiledStep:
         self.eager, self.hooks = step_fn, hooks
         self.compiled = None
         self.state = "new"
-        self.wait_for_warm_up = wait_for_warm_up
+        self.wait_for_warm_up, self.build_missing = wait_for_warm_up, build_missing
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Contiguous: the package is built for one layout, and a packed recipe's batches are
@@ -201,7 +202,7 @@ class CompiledStep:
             return self.eager(inputs, targets)
         started = time.perf_counter()
         try:  # nothing is updated before the step is compiled
-            self.compiled, built = load_or_build(self.eager, inputs, targets)
+            self.compiled, built = load_or_build(self.eager, inputs, targets, build_missing=self.build_missing)
         except Exception as exc:  # noqa: BLE001 - correct either way, only slower
             self.state = "failed"
             self.hooks.log(f"compiling the step failed ({type(exc).__name__}: {first_line(exc, 200)}); "
@@ -256,8 +257,11 @@ class WarmUpWatch:
         self.settled = True
         if not compile_pays(figures, steps_left) or not package_path(self.key).exists():
             return None, 0.0
-        compiled = CompiledStep(self.step_fn, self.hooks)
+        # Load only: a package gone meanwhile (a cleared cache) is not built in the middle of a job.
+        compiled = CompiledStep(self.step_fn, self.hooks, build_missing=False)
         seconds = compiled.compile_now(self.batch_size, torch.device("cpu"))
+        if compiled.state != "ready":  # it said why; the job goes on eagerly
+            return None, seconds
         self.hooks.compiled(seconds)
         self.hooks.log(f"the worker's warm-up has compiled the step: it runs compiled from epoch {epoch}, "
                        f"step {step + 1} on")
