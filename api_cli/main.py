@@ -56,7 +56,10 @@ def _debug() -> bool:
 def _fail(message: str, code: int) -> None:
     if _debug() and sys.exc_info()[0] is not None:
         traceback.print_exc()
-    sys.stderr.write(f"error: {message}\n")
+    # One line whatever the message holds: a value the user gave (a path, an id) may carry a
+    # newline, and scripts read the first line of stderr as the error.
+    one_line = message.strip().replace("\r", "\\r").replace("\n", "\\n")
+    sys.stderr.write(f"error: {one_line}\n")
     sys.exit(code)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,18 @@ class Env:
         self.workers.clear()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Whole files in this order: the container stack's first, then those with slow tests, then the
+    rest, each file's own order kept (its module fixtures set up once). Under xdist's loadfile
+    (pyproject.toml) the longest files then start first and the short ones fill in at the end."""
+    rank = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        mine = 0 if item.get_closest_marker("containers") else 1 if item.get_closest_marker("slow") else 2
+        rank[module] = min(rank.get(module, 2), mine)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])  # stable: each file's order kept
+
+
 def pytest_configure(config):
     # One torch.compile cache for the session, shared with the workers the tests start: the
     # default step's compile (~50 s on 2 cores) is then paid once, by whichever test compiles first.
@@ -208,18 +221,53 @@ def make_env(backend: str, home: Path, data_dir: Path) -> tuple[Env, callable]:
     env = Env(_base_env(home, data_dir), home)
     if backend == "sqlite":
         return env, lambda: None  # the embedded default: SQLite + filesystem broker under CIFARQ_HOME
-    import redis
-
+    db_index, release_redis = claim_redis_database()
     database = make_postgres_database()
-    # Each environment gets its own Redis database number, emptied first.
-    client = redis.Redis.from_url(REDIS_URL)
-    db_index = 1 + int(uuid.uuid4().int % 15)
-    redis.Redis.from_url(f"{REDIS_URL}/{db_index}").flushdb()
-    client.close()
+
+    def cleanup():
+        drop_postgres_database(database)
+        release_redis()
+
     env.vars["CIFARQ_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     env.vars["CIFARQ_BROKER_URL"] = f"{REDIS_URL}/{db_index}"
-    env.cli("db", "upgrade")
-    return env, lambda: drop_postgres_database(database)
+    try:
+        env.cli("db", "upgrade")
+    except BaseException:
+        cleanup()
+        raise
+    return env, cleanup
+
+
+def claim_redis_database(timeout: float = 300) -> tuple[int, callable]:
+    """A Redis database number (1 to 15) that no other environment of this run, nor of a parallel
+    pytest process (xdist's workers), holds; emptied. Claims are keys in database 0 that expire,
+    so a run killed mid-test frees its numbers within the hour. Returns the number and its release."""
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL}/0")
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            for db_index in random.sample(range(1, 16), 15):
+                claim = f"cifarq-test:redis-db:{db_index}"
+                if client.set(claim, owner, nx=True, ex=3600):
+                    break
+            else:
+                if time.monotonic() > deadline:
+                    raise AssertionError("all 15 Redis test databases stayed claimed for 5 minutes")
+                time.sleep(0.5)
+                continue
+            break
+        redis.Redis.from_url(f"{REDIS_URL}/{db_index}").flushdb()
+    finally:
+        client.close()
+
+    def release():
+        with redis.Redis.from_url(f"{REDIS_URL}/0") as client:
+            if client.get(claim) == owner.encode():
+                client.delete(claim)
+    return db_index, release
 
 
 @contextmanager

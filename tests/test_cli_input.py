@@ -57,6 +57,9 @@ def test_evaluate_needs_a_checkpoint_that_exists(sqlite_env, tmp_path):
     assert not (tmp_path / "x.pt").exists()
     missing = tmp_path / "missing.pth"
     assert_one_line_error(cli("submit", "evaluate", "--weights", str(missing), check=False), "does not exist")
+    # A newline in a value that the message repeats stays on the one line, escaped (found by
+    # tests/test_cli_fuzz.py: "weights file \n does not exist" took two lines).
+    assert_one_line_error(cli("submit", "evaluate", "--weights", "\n", check=False), "weights file \\n does not")
     truncated = tmp_path / "truncated.pth"
     import io
 
