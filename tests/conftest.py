@@ -222,7 +222,11 @@ def make_env(backend: str, home: Path, data_dir: Path) -> tuple[Env, callable]:
     if backend == "sqlite":
         return env, lambda: None  # the embedded default: SQLite + filesystem broker under CIFARQ_HOME
     db_index, release_redis = claim_redis_database()
-    database = make_postgres_database()
+    try:
+        database = make_postgres_database()
+    except BaseException:
+        release_redis()
+        raise
 
     def cleanup():
         drop_postgres_database(database)
@@ -239,34 +243,33 @@ def make_env(backend: str, home: Path, data_dir: Path) -> tuple[Env, callable]:
 
 
 def claim_redis_database(timeout: float = 300) -> tuple[int, callable]:
-    """A Redis database number (1 to 15) that no other environment of this run, nor of a parallel
-    pytest process (xdist's workers), holds; emptied. Claims are keys in database 0 that expire,
-    so a run killed mid-test frees its numbers within the hour. Returns the number and its release."""
+    """A Redis database number (1 to 15), emptied, that no other environment holds: neither this
+    process's nor a parallel pytest process's (xdist's workers, another run). A claim is a key in
+    database 0 that expires, so a run killed mid-test frees its numbers within the hour. Returns
+    the number and the claim's release."""
     import redis
 
-    client = redis.Redis.from_url(f"{REDIS_URL}/0")
     owner = uuid.uuid4().hex
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
+    with redis.Redis.from_url(f"{REDIS_URL}/0") as claims:
+        def claim_one() -> int | None:
             for db_index in random.sample(range(1, 16), 15):
-                claim = f"cifarq-test:redis-db:{db_index}"
-                if client.set(claim, owner, nx=True, ex=3600):
-                    break
-            else:
-                if time.monotonic() > deadline:
-                    raise AssertionError("all 15 Redis test databases stayed claimed for 5 minutes")
-                time.sleep(0.5)
-                continue
-            break
-        redis.Redis.from_url(f"{REDIS_URL}/{db_index}").flushdb()
-    finally:
-        client.close()
+                if claims.set(f"cifarq-test:redis-db:{db_index}", owner, nx=True, ex=3600):
+                    return db_index
+            return None
+
+        deadline = time.monotonic() + timeout
+        while (db_index := claim_one()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"all 15 Redis test databases stayed claimed for {timeout:.0f} s")
+            time.sleep(0.5)
+    with redis.Redis.from_url(f"{REDIS_URL}/{db_index}") as database:
+        database.flushdb()
 
     def release():
-        with redis.Redis.from_url(f"{REDIS_URL}/0") as client:
-            if client.get(claim) == owner.encode():
-                client.delete(claim)
+        with redis.Redis.from_url(f"{REDIS_URL}/0") as claims:
+            key = f"cifarq-test:redis-db:{db_index}"
+            if claims.get(key) == owner.encode():  # not one that expired and another run took since
+                claims.delete(key)
     return db_index, release
 
 
