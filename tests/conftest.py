@@ -117,7 +117,7 @@ class Env:
         self.workers.clear()
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     """Whole files in this order: the container stack's first, then those with slow tests, then the
     rest, each file's own order kept (its module fixtures set up once). Under xdist's loadfile
     (pyproject.toml) the longest files then start first and the short ones fill in at the end."""
