@@ -61,13 +61,16 @@ def train(
     config = parse_config(TrainConfig, dict(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                                             momentum=momentum, width=width, seed=seed, log_every=log_every,
                                             label_smoothing=label_smoothing, tta_level=tta_level, device=device))
+    # Read before the job exists: a worker can start it, and record an epoch, before this process
+    # gets to the estimate, which would then cite the very job it warns about.
+    warning = _fast_on_a_cpu_warning(config, queue) if config.recipe == "fast" else None
     job_id = submit(JobKind.train, config, queue)
-    if config.recipe == "fast":
-        _warn_if_fast_lands_on_a_cpu(config, queue)
+    if warning:
+        say(warning)
     _report(job_id, json_output)
 
 
-def _warn_if_fast_lands_on_a_cpu(config: Any, queue: Optional[str]) -> None:
+def _fast_on_a_cpu_warning(config: Any, queue: Optional[str]) -> Optional[str]:
     """The fast recipe is built for a GPU: on a 2-core CPU one epoch of it took 8 minutes, against
     under 2 for the whole default job. Said when the job is for the CPU, or when every live worker
     that could take it is a CPU worker; with an estimate when such a job was recorded here."""
@@ -81,7 +84,7 @@ def _warn_if_fast_lands_on_a_cpu(config: Any, queue: Optional[str]) -> None:
         if config.device != "cpu":
             devices = {w.device for w in live_workers(session=session, queue=queue or queue_for_device(config.device))}
             if config.device != "auto" or devices != {"cpu"}:
-                return
+                return None
         recorded = recorded_epoch_seconds(session=session, recipe="fast", device="cpu")
     if recorded:
         job_id, per_epoch = recorded
@@ -89,8 +92,8 @@ def _warn_if_fast_lands_on_a_cpu(config: Any, queue: Optional[str]) -> None:
                     f"({per_epoch:.0f} s each, as job {job_id} took on a CPU here)")
     else:
         estimate = "minutes per epoch on a few cores (8 min on 2 cores), against under 2 min for the default job"
-    say(f"warning: --recipe fast is built for a GPU; on a CPU it takes {estimate}. "
-        "For a quick CPU run, leave out --recipe fast")
+    return (f"warning: --recipe fast is built for a GPU; on a CPU it takes {estimate}. "
+            "For a quick CPU run, leave out --recipe fast")
 
 
 def evaluate(
