@@ -3,8 +3,9 @@
 The worker's heartbeat writes (finished epochs, step, steps per epoch, running loss, heartbeat
 time) on the job row every few seconds; this draws them. On a terminal it is one bar per epoch,
 redrawn in place; anywhere else (a log file, CI, a pipe) it prints a plain line each time the
-recorded progress changes, so that logs stay readable. Speed and ETA come from two heartbeats
-(steps done between them, times the batch size), or from the last finished epoch's images/s.
+recorded progress changes, so that logs stay readable. Speed and ETA come from the heartbeats
+(steps done over the last few seconds of them, times the batch size), or from the last finished
+epoch's images/s.
 
 The bar is drawn by hand, not with rich.progress (which typer brings): tried, it took as many
 lines, since its own speed and ETA, sampled on this side, cannot replace the heartbeat-based
@@ -16,10 +17,12 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections import deque
 from datetime import datetime, timezone
 from typing import Optional, TextIO
 
 BAR_WIDTH = 24
+RATE_WINDOW_SECONDS = 5.0
 
 
 def progress_line(job: dict) -> str:
@@ -60,11 +63,17 @@ def _parse_time(value: Optional[str]) -> Optional[float]:
 
 
 class Speed:
-    """Images per second and the time left, from successive heartbeats of one job."""
+    """Images per second and the time left, from the heartbeats of one job.
+
+    The rate spans RATE_WINDOW_SECONDS of heartbeats where it can, not one interval: a heartbeat
+    is stamped when its write reaches the database, and on a busy host that write can lag its
+    step count by a good part of a second. Over one 0.5 s interval that swung the rate by 2x
+    (seen in the suite under load); over a few seconds the lag is a small share.
+    """
 
     def __init__(self, epoch_images_per_second: Optional[float] = None):
-        self._last: Optional[tuple[float, int]] = None  # (heartbeat time, steps done in the whole job)
-        self._seen_at: Optional[float] = None  # when that heartbeat was first seen here (monotonic)
+        self._beats: deque[tuple[float, int]] = deque()  # (heartbeat time, steps done in the whole job), training only
+        self._seen_at: Optional[float] = None  # when the newest heartbeat was first seen here (monotonic)
         self.steps_per_second: Optional[float] = None
         self.epoch_images_per_second = epoch_images_per_second
         self._beat_interval = 0.0  # seconds between the last two heartbeats that moved
@@ -77,15 +86,20 @@ class Speed:
         if p.get("phase") not in (None, "training"):
             # Loading data, compiling, evaluating: no steps move, and a rate from a heartbeat of
             # such a phase to one of training would count the phase's seconds as training's.
-            self._last = None
+            self._beats.clear()
             return
         done = (current_epoch(job) - 1) * p["steps_per_epoch"] + p["step"]
-        if self._last is not None and beat > self._last[0] and done > self._last[1]:
-            self.steps_per_second = (done - self._last[1]) / (beat - self._last[0])
-            self._beat_interval = beat - self._last[0]
-        if self._last is None or beat > self._last[0]:
-            self._last = (beat, done)
-            self._seen_at = time.monotonic()
+        beats = self._beats
+        if beats and beat <= beats[-1][0]:
+            return  # no newer heartbeat
+        if beats and done > beats[-1][1]:
+            self._beat_interval = beat - beats[-1][0]
+            # From the newest heartbeat that is at least the window older than this one.
+            while len(beats) > 1 and beat - beats[1][0] >= RATE_WINDOW_SECONDS:
+                beats.popleft()
+            self.steps_per_second = (done - beats[0][1]) / (beat - beats[0][0])
+        beats.append((beat, done))
+        self._seen_at = time.monotonic()
 
     def images_per_second(self, batch_size: int) -> Optional[float]:
         if self.steps_per_second is not None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from contextlib import closing
 
 import pytest
@@ -48,12 +49,15 @@ class PrivateRedis:
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:port to PostgreSQL; cut() drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:port to PostgreSQL; cut() drops every connection and refuses new ones;
+    lose_next_commit_reply() lets one commit through and drops its reply with the connection."""
 
     def __init__(self, target_port: int = 5432):
         self.port, self.target = free_port(), target_port
         self.up = threading.Event()
         self.connections: list[socket.socket] = []
+        self.marker: bytes | None = None  # armed by lose_next_commit_reply
+        self.reply_lost = threading.Event()
         self.server = socket.create_server(("127.0.0.1", self.port))
         self.up.set()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -66,22 +70,56 @@ class CuttableProxy:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target))
             self.connections += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            muted = threading.Event()  # set: what the server says goes nowhere
+            threading.Thread(target=self._requests, args=(client, upstream, muted), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, muted), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst):
+    def _requests(self, client, upstream, muted):
+        """Client to server; when armed, the transaction that sent the marker has its COMMIT
+        reach the server, then the connection drops before the client hears the answer."""
+        in_marked_transaction = False
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
+            while data := client.recv(65536):
+                marker = self.marker
+                in_marked_transaction = in_marked_transaction or bool(marker and marker in data)
+                if in_marked_transaction and b"COMMIT" in data and marker is not None:
+                    self.marker = None
+                    muted.set()
+                    upstream.sendall(data)
+                    time.sleep(0.5)  # the server commits; its reply is dropped
+                    self.reply_lost.set()
+                    break
+                if b"ROLLBACK" in data:
+                    in_marked_transaction = False
+                upstream.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._close(client, upstream)
+
+    def _pipe(self, src, dst, muted):
+        try:
+            while data := src.recv(65536):
+                if not muted.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    @staticmethod
+    def _close(*sockets):
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def lose_next_commit_reply(self, of: bytes):
+        """The next transaction that sends `of` commits, and its client is told the connection
+        broke: the write went through but was reported failed."""
+        self.reply_lost.clear()
+        self.marker = of
 
     def cut(self):
         self.up.clear()
@@ -151,6 +189,36 @@ def test_database_away_for_a_while_the_job_carries_on(tmp_path, medium_cifar):
         assert [c["epoch"] for c in env.cli_json("checkpoint", "list", job_id)] == list(range(1, 21))
         worker_log = env.workers[0].log_path.read_text()
         assert "database unreachable" in worker_log or "heartbeat of job" in worker_log
+    finally:
+        env.stop_workers()
+        proxy.cut()
+        drop_postgres_database(database)
+
+
+def test_a_commit_whose_reply_is_lost_writes_its_log_lines_once(tmp_path, medium_cifar):
+    """The heartbeat's transaction (progress and log lines) commits, but the connection breaks
+    before the worker hears so: it must not write the same lines again when it retries."""
+    proxy = CuttableProxy()
+    database = make_postgres_database()
+    env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
+    env.vars.update(CIFARQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}")
+    try:
+        env.cli("db", "upgrade")
+        env.start_worker()
+        job_id = env.submit_train("--epochs", "10", "--lr", "0.01", "--log-every", "50")
+        env.wait_until_training(job_id, steps=50)
+        proxy.lose_next_commit_reply(of=b"INSERT INTO log_lines")
+        assert proxy.reply_lost.wait(60), "no transaction wrote log lines"
+        assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
+        status = env.cli_json("status", job_id)
+        assert status["status"] == "succeeded" and status["attempts"] == 1, status
+        printed = [line for line in env.cli("logs", job_id).stdout.splitlines()
+                   if line.startswith("[") and "loss:" in line]
+        twice = [line for line, n in Counter(printed).items() if n > 1]
+        assert not twice, f"written twice: {twice}"
+        assert len(printed) == 10 * (status["progress"]["steps_per_epoch"] // 50), "log lines were lost"
+        worker_log = env.workers[0].log_path.read_text()
+        assert "heartbeat of job" in worker_log or "database unreachable" in worker_log, "the worker saw a failure"
     finally:
         env.stop_workers()
         proxy.cut()

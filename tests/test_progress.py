@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -94,6 +95,22 @@ def test_a_rate_is_taken_between_training_heartbeats_only():
     assert view.speed.steps_per_second is None, "the compile's seconds are not training's"
     view.update(phased("training", step=300, steps=1000, beat="2026-01-01T00:00:12+00:00"))
     assert view.speed.steps_per_second == pytest.approx(100)
+
+
+def test_the_rate_spans_a_few_seconds_of_heartbeats_so_that_a_late_stamp_does_not_swing_it():
+    # 100 steps/s throughout, heartbeats every 0.5 s; a busy host stamps some of them up to 0.4 s
+    # late. Rates over one interval would range from 56 to 500 steps/s.
+    view = ProgressView(io.StringIO(), tty=False)
+    lags = [0.0, 0.4, 0.0, 0.3, 0.0, 0.4, 0.1, 0.0, 0.4, 0.0, 0.2, 0.0, 0.4, 0.0, 0.3, 0.0]
+    rates = []
+    for i, lag in enumerate(lags):
+        steps = 50 * (i + 1)
+        beat = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=0.5 * i + lag)
+        view.update(job_dict(step=steps, steps=10_000, beat=beat.isoformat()))
+        if view.speed.steps_per_second is not None:
+            rates.append(view.speed.steps_per_second)
+    windowed = rates[9:]  # from the heartbeat 5 s (RATE_WINDOW_SECONDS) after the first on
+    assert windowed and all(85 < rate < 115 for rate in windowed), rates
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

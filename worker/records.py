@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import as_utc, database_now, utcnow
@@ -95,6 +95,15 @@ def record_provenance(*, session: Session, claim: Claim, provenance: dict) -> No
 
 def add_log_lines(*, session: Session, job_id: str, lines: list[str]) -> None:
     session.add_all(LogLine(job_id=job_id, line=line) for line in lines)
+
+
+def newest_log_line_id(*, session: Session, job_id: str) -> int:
+    return session.scalar(select(func.max(LogLine.id)).where(LogLine.job_id == job_id)) or 0
+
+
+def count_log_lines_after(*, session: Session, job_id: str, line_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(LogLine)
+                          .where(LogLine.job_id == job_id, LogLine.id > line_id))
 
 
 def record_epoch(*, session: Session, claim: Claim, epoch: int, loss: float, seconds: float,

@@ -10,12 +10,14 @@ import re
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from shared.cifar_files import ALL_FILES, META_FILE, TEST_FILES
 from shared.db import retry_while_unreachable, session_scope
@@ -36,6 +38,7 @@ from worker.loop import Resume, StopRequested
 from worker.train import train
 
 log = logging.getLogger("cifarq.worker")
+T = TypeVar("T")
 
 # Set when this worker is asked to stop (worker/tasks.py): the running job hands itself back.
 SHUTDOWN = threading.Event()
@@ -56,7 +59,12 @@ class JobRun:
         self.claim = claim
         self._interval = heartbeat_seconds
         self._progress: dict = {}
-        self._lines: list[str] = []
+        self._lines: list[str] = []  # logged, not yet known to be in the database
+        # Log lines are written exactly once although a commit's reply can be lost with its
+        # connection (written, yet reported failed): see write_with_lines.
+        self._write_lock = threading.Lock()  # one writer at a time: the heartbeat's, the loop's at a checkpoint
+        self._newest_line_id: Optional[int] = None  # the job's newest log line when this attempt last knew
+        self._maybe_written = False  # a write failed: its commit may have gone through all the same
         self._lock = threading.Lock()
         self._stop = threading.Event()  # cancel requested, or the lease is lost
         self.lease_lost = False
@@ -119,22 +127,45 @@ class JobRun:
             self.tensorboard.epoch(epoch, loss=loss, lr=lr, images_per_second=images_per_second)
 
     # -- the heartbeat --
-    def take_lines(self) -> list[str]:
-        with self._lock:
-            lines, self._lines = self._lines, []
-        return lines
+    def write_with_lines(self, write: Callable[[Session], T]) -> T:
+        """One transaction: `write` (a heartbeat, the job's end), then the lines logged so far.
+
+        A line leaves memory only once its commit is known to have gone through. When a write
+        fails, it may have failed after its commit (the reply lost with the connection), so the
+        next write first counts this job's lines newer than the newest it knew of: those are the
+        head of the lines it holds (this attempt is their only writer: a lost lease writes
+        nothing), and they are not written twice.
+        """
+        with self._write_lock:
+            with self._lock:
+                lines = list(self._lines)
+            try:
+                with session_scope() as session:
+                    result = write(session)  # first: a lost lease rolls the whole transaction back
+                    if self._newest_line_id is None:  # read before this attempt writes a line
+                        self._newest_line_id = records.newest_log_line_id(session=session, job_id=self.claim.job_id)
+                    already = 0
+                    if self._maybe_written:
+                        already = records.count_log_lines_after(session=session, job_id=self.claim.job_id,
+                                                                line_id=self._newest_line_id)
+                    if lines:
+                        records.add_log_lines(session=session, job_id=self.claim.job_id, lines=lines[already:])
+                        newest = records.newest_log_line_id(session=session, job_id=self.claim.job_id)
+            except BaseException:
+                self._maybe_written = True
+                raise
+            with self._lock:
+                del self._lines[:len(lines)]
+            if lines:
+                self._newest_line_id = newest
+            self._maybe_written = False
+            return result
 
     def flush(self) -> None:
-        lines = self.take_lines()
-        progress = dict(self._progress)
-        try:
-            with session_scope() as session:
-                cancel = records.heartbeat(session=session, claim=self.claim, **progress)
-                records.add_log_lines(session=session, job_id=self.claim.job_id, lines=lines)
-        except Exception:
-            with self._lock:  # not written: they go first in the next heartbeat
-                self._lines[:0] = lines
-            raise
+        # The step count is read once the connection is open, next to the heartbeat's time stamp
+        # (the database's clock): a count read before a slow connect would lag its stamp.
+        cancel = self.write_with_lines(
+            lambda session: records.heartbeat(session=session, claim=self.claim, **dict(self._progress)))
         if cancel:
             self._stop.set()
 
@@ -239,15 +270,12 @@ def conclude(run: JobRun, claimed: Claimed, exc: Optional[BaseException]) -> Opt
         _hand_back(run, "the worker stopped; handed back to the queue")
         return None
     if status != JobStatus.succeeded:
-        lines = run.take_lines() + ([f"error: {error}"] if error else [])
-
-        def write() -> None:
-            with session_scope() as session:
-                records.add_log_lines(session=session, job_id=job_id, lines=lines)
-                records.finish(session=session, claim=run.claim, status=status, error=error)
-
+        if error:
+            run.log(f"error: {error}")
         try:
-            retry_while_unreachable(write, what=f"end of job {job_id}")
+            retry_while_unreachable(lambda: run.write_with_lines(
+                lambda session: records.finish(session=session, claim=run.claim, status=status, error=error)),
+                what=f"end of job {job_id}")
         except records.LeaseLost:
             log.warning("job %s: another attempt owns it now; its end is not recorded here", job_id)
             return None
@@ -258,13 +286,11 @@ def _hand_back(run: JobRun, reason: str, resend_in: float = 0.0) -> None:
     """The worker is stopping: the job goes back to queued (its last checkpoint kept) and a
     reaper elsewhere sends it again (not this worker: its consumer may still take messages),
     so another worker resumes it. This attempt does not count against the limit."""
-    def write() -> None:
-        with session_scope() as session:
-            records.add_log_lines(session=session, job_id=run.claim.job_id, lines=run.take_lines() + [reason])
-            records.hand_back(session=session, claim=run.claim, reason=reason, resend_in=resend_in)
-
+    run.log(reason)
     try:
-        retry_while_unreachable(write, what=f"hand-back of job {run.claim.job_id}")
+        retry_while_unreachable(lambda: run.write_with_lines(
+            lambda session: records.hand_back(session=session, claim=run.claim, reason=reason, resend_in=resend_in)),
+            what=f"hand-back of job {run.claim.job_id}")
         log.info("job %s handed back to the queue", run.claim.job_id)
     except records.LeaseLost:
         pass
