@@ -49,7 +49,8 @@ class Job(Base):
     device: Mapped[Optional[str]] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(default=0)
     # Every delivery that claims the job gets a fresh token; writes from an attempt whose
-    # token is no longer the job's (a worker presumed dead that comes back) are refused.
+    # token is no longer the job's (a worker presumed dead that comes back) are refused. A job's
+    # end keeps the token of the attempt that wrote it, so that a retry of that write knows it.
     attempt_token: Mapped[Optional[str]] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[Optional[str]] = mapped_column(Text)

@@ -57,6 +57,7 @@ class CuttableProxy:
         self.up = threading.Event()
         self.connections: list[socket.socket] = []
         self.marker: bytes | None = None  # armed by lose_next_commit_reply
+        self.spared = 0  # marked transactions still to let through before one loses its reply
         self.reply_lost = threading.Event()
         self.server = socket.create_server(("127.0.0.1", self.port))
         self.up.set()
@@ -82,7 +83,10 @@ class CuttableProxy:
             while data := client.recv(65536):
                 marker = self.marker
                 in_marked_transaction = in_marked_transaction or bool(marker and marker in data)
-                if in_marked_transaction and b"COMMIT" in data and marker is not None:
+                if in_marked_transaction and b"COMMIT" in data and marker is not None and self.spared:
+                    self.spared -= 1
+                    in_marked_transaction = False
+                elif in_marked_transaction and b"COMMIT" in data and marker is not None:
                     self.marker = None
                     muted.set()
                     upstream.sendall(data)
@@ -115,10 +119,11 @@ class CuttableProxy:
             except OSError:
                 pass
 
-    def lose_next_commit_reply(self, of: bytes):
-        """The next transaction that sends `of` commits, and its client is told the connection
-        broke: the write went through but was reported failed."""
+    def lose_next_commit_reply(self, of: bytes, spare: int = 0):
+        """The next transaction that sends `of` (after `spare` such transactions) commits, and its
+        client is told the connection broke: the write went through but was reported failed."""
         self.reply_lost.clear()
+        self.spared = spare
         self.marker = of
 
     def cut(self):
@@ -219,6 +224,45 @@ def test_a_commit_whose_reply_is_lost_writes_its_log_lines_once(tmp_path, medium
         assert len(printed) == 10 * (status["progress"]["steps_per_epoch"] // 50), "log lines were lost"
         worker_log = env.workers[0].log_path.read_text()
         assert "heartbeat of job" in worker_log or "database unreachable" in worker_log, "the worker saw a failure"
+    finally:
+        env.stop_workers()
+        proxy.cut()
+        drop_postgres_database(database)
+
+
+CLAIM_SQL = b"attempts=(jobs.attempts +"  # the claim's UPDATE (worker/records.py: claim_job), nothing else's
+
+
+@pytest.mark.parametrize("what", ["job", "pack"])
+def test_a_claim_whose_reply_is_lost_is_taken_up_by_the_message_s_retry(tmp_path, medium_cifar, what):
+    """The claim commits, the worker hears that the connection broke: the message is retried,
+    and the retry finds the job running under its own earlier token. It must take it up as the
+    same attempt, not leave it "running elsewhere" until the heartbeat goes stale (600 s here).
+    A pack: its first point claimed, the second's reply lost; the retry takes up both."""
+    proxy = CuttableProxy()
+    database = make_postgres_database()
+    env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
+    env.vars.update(CIFARQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}",
+                    CIFARQ_STALE_AFTER_SECONDS="600")
+    try:
+        env.cli("db", "upgrade")
+        env.start_worker()
+        proxy.lose_next_commit_reply(of=CLAIM_SQL, spare=1 if what == "pack" else 0)
+        if what == "job":
+            job_ids = [env.submit_train("--epochs", "2", "--lr", "0.01")]
+        else:
+            sweep = env.cli_json("submit", "sweep", "--lr", "0.01,0.02", "--epochs", "2", "--pack-size", "2")
+            job_ids = [job["id"] for job in sweep["jobs"]]
+        assert proxy.reply_lost.wait(60), "no claim was made"
+        for job_id in job_ids:
+            assert env.cli("wait", job_id, "--timeout", "120").returncode == 0, job_id
+            status = env.cli_json("status", job_id)
+            assert status["status"] == "succeeded" and status["attempts"] == 1, status
+        if what == "pack":
+            statuses = [env.cli_json("status", job_id) for job_id in job_ids]
+            assert all(s["packed_with"] == 2 for s in statuses), (statuses, env.workers[0].log_path.read_text()[-5000:])
+        assert "database unreachable" in env.workers[0].log_path.read_text() or \
+            "Retry in" in env.workers[0].log_path.read_text(), "the worker saw the claim fail"
     finally:
         env.stop_workers()
         proxy.cut()

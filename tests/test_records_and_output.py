@@ -48,6 +48,36 @@ def test_an_epoch_write_retried_after_its_reply_was_lost_does_not_fail_the_job(e
         assert session.scalar(select(func.count()).select_from(EpochMetric).where(EpochMetric.job_id == job_id)) == 1
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_a_job_s_end_retried_after_its_reply_was_lost_is_written_once(env, database, outcome):
+    # The same for the job's last write: the retry finds the end it wrote, with its own token,
+    # and neither raises LeaseLost ("another attempt owns it") nor writes the results twice.
+    from sqlalchemy import func, select
+
+    from shared.models import JobStatus, Result
+    from worker.records import LeaseLost, claim_job, finish, finish_succeeded
+
+    job_id = env.submit_train("--epochs", "1")
+    with database.session_scope() as session:
+        claim = claim_job(session=session, job_id=job_id, worker="w1", stale_after=60, max_attempts=3)
+    for _ in range(2):  # the write, then its retry
+        with database.session_scope() as session:
+            if outcome == "succeeded":
+                finish_succeeded(session=session, claim=claim, confusion=[[3, 1], [0, 4]], classes=("a", "b"),
+                                 checkpoint_id=None)
+            else:
+                finish(session=session, claim=claim, status=JobStatus.failed, error="boom")
+    status = env.cli_json("status", job_id)
+    assert status["status"] == outcome and status["attempts"] == 1
+    with database.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) == \
+            (1 if outcome == "succeeded" else 0)
+    # Another attempt's token still gets no say over the ended job.
+    stranger = claim.__class__(job_id, "0" * 32, claim.attempt)
+    with pytest.raises(LeaseLost), database.session_scope() as session:
+        finish(session=session, claim=stranger, status=JobStatus.failed, error="late")
+
+
 def test_a_delivery_takes_over_a_running_job_whose_heartbeat_is_stale(env, database):
     # A message delivered again (Redis's visibility timeout, a reaper's re-send) for a job whose
     # worker went silent: the claim compares the stored heartbeat with the database's clock.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -29,15 +30,22 @@ class Claim:
     attempt: int
 
 
-def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float, max_attempts: int) -> Optional[Claim]:
+def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float, max_attempts: int,
+              token: Optional[str] = None, earlier_tokens: Collection[str] = ()) -> Optional[Claim]:
     """Take the job for this delivery, or None when there is nothing to do.
 
     Nothing to do: the job is unknown, final, or running under a live heartbeat (a duplicate
     delivery). A job whose attempts are used up ends failed instead of looping.
+
+    `earlier_tokens`: the tokens that earlier deliveries of this same message claimed with
+    before they lost the database. A job running under one of them is this message's own claim
+    whose commit went through but whose reply was lost: it is taken up again, as the same attempt.
     """
     job = session.get(Job, job_id)
     if job is None or job.status.is_final:
         return None
+    if job.status == JobStatus.running and job.attempt_token in earlier_tokens:
+        return Claim(job_id, job.attempt_token, job.attempts)
     now = database_now(session)
     stale = now - timedelta(seconds=stale_after)
     if job.status == JobStatus.running and job.heartbeat_at and as_utc(job.heartbeat_at) > stale:
@@ -49,7 +57,7 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
         _finish_unowned(session, job_id, JobStatus.failed,
                         f"gave up after {job.attempts} attempts: the worker died or stopped each time")
         return None
-    token = uuid.uuid4().hex
+    token = token or uuid.uuid4().hex
     claimed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempts == job.attempts,
@@ -130,10 +138,11 @@ def record_epoch(*, session: Session, claim: Claim, epoch: int, loss: float, sec
 def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int]], classes: tuple[str, ...],
                      checkpoint_id: Optional[int], samples: Optional[list[dict]] = None) -> None:
     """Results and the final state in one transaction: recorded exactly once."""
+    if _ended_by(session, claim, JobStatus.succeeded):
+        return  # a retry of this very write, whose commit went through but whose reply was lost
     correct, total = correct_and_total(confusion)
     overall = accuracy(correct, total)
-    _owned(session, claim, status=JobStatus.succeeded, finished_at=utcnow(), test_accuracy=overall,
-           attempt_token=None)
+    _owned(session, claim, status=JobStatus.succeeded, finished_at=utcnow(), test_accuracy=overall)
     session.add(Result(job_id=claim.job_id, accuracy=overall, correct=correct, total=total,
                        confusion_matrix=confusion, checkpoint_id=checkpoint_id, samples=samples,
                        classes=[ClassResult(job_id=claim.job_id, class_index=i, class_name=name,
@@ -147,7 +156,14 @@ def finish_succeeded(*, session: Session, claim: Claim, confusion: list[list[int
 
 
 def finish(*, session: Session, claim: Claim, status: JobStatus, error: Optional[str]) -> None:
-    _owned(session, claim, status=status, error=error, finished_at=utcnow(), attempt_token=None)
+    if not _ended_by(session, claim, status):  # else a retry of this write, its reply lost
+        _owned(session, claim, status=status, error=error, finished_at=utcnow())
+
+
+def _ended_by(session: Session, claim: Claim, status: JobStatus) -> bool:
+    """Whether this attempt already wrote the job's end (the ending write keeps its token)."""
+    return session.execute(select(Job.id).where(Job.id == claim.job_id, Job.status == status,
+                                                Job.attempt_token == claim.token)).first() is not None
 
 
 def hand_back(*, session: Session, claim: Claim, reason: str, resend_in: float = 0.0) -> None:

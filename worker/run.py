@@ -10,7 +10,8 @@ import re
 import socket
 import threading
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TypeVar
@@ -45,7 +46,17 @@ SHUTDOWN = threading.Event()
 
 
 class NotClaimed(Exception):
-    """The database could not be reached to claim the job; the message must be retried."""
+    """The database could not be reached to claim a job; the message must be retried.
+
+    `tokens`: every claim token this message's deliveries have tried so far. A claim whose commit
+    went through but whose reply was lost left one of them on its job; the retry, given them,
+    takes that job up again (records.claim_job) instead of finding it "running elsewhere" and
+    leaving it to go stale. A pack's earlier points, claimed before the database went, likewise.
+    """
+
+    def __init__(self, job_id: str, tokens: tuple[str, ...]):
+        super().__init__(job_id, tokens)  # both in args: the exception pickles (Celery's retry)
+        self.job_id, self.tokens = job_id, tokens
 
 
 class JobRun:
@@ -198,27 +209,35 @@ class Claimed:
     queue: str
 
 
-def claim(job_id: str, worker_name: str) -> Optional[Claimed]:
+def claim(job_id: str, worker_name: str, tokens: list[str]) -> Optional[Claimed]:
     """Take the job for this delivery; None when there is nothing to do (records.claim_job).
-    Raises NotClaimed when the database cannot be reached: the message must be retried."""
+    `tokens`: the claim tokens of this message so far, earlier deliveries' first; this claim's
+    own is added. Raises NotClaimed when the database cannot be reached: the message must be
+    retried, with the tokens."""
     settings = get_settings()
+    token = uuid.uuid4().hex
+    earlier = tuple(tokens)
+    tokens.append(token)  # before the commit: its reply may be lost, the claim made all the same
     try:
         with session_scope() as session:
-            taken = records.claim_job(session=session, job_id=job_id, worker=worker_name,
-                                      stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts)
+            taken = records.claim_job(session=session, job_id=job_id, worker=worker_name, token=token,
+                                      earlier_tokens=earlier, stale_after=settings.stale_after_seconds,
+                                      max_attempts=settings.max_attempts)
             job = session.get(Job, job_id) if taken else None
             claimed = Claimed(taken, job.kind, job.params, job.queue) if job else None
     except (OperationalError, InterfaceError) as exc:
-        raise NotClaimed(job_id) from exc
+        raise NotClaimed(job_id, tuple(tokens)) from exc
     if claimed is None:
         log.info("job %s: nothing to do for this delivery", job_id)
     return claimed
 
 
-def execute_job(job_id: str, *, worker_name: Optional[str] = None) -> Optional[JobStatus]:
-    """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing."""
+def execute_job(job_id: str, *, worker_name: Optional[str] = None,
+                earlier_claims: Sequence[str] = ()) -> Optional[JobStatus]:
+    """Run one delivery of a job. Returns the final status it wrote, or None if it did nothing.
+    `earlier_claims`: NotClaimed.tokens of this message's earlier deliveries."""
     SHUTDOWN.clear()  # a CPU worker's process runs many jobs; a stop request is for the job at hand
-    claimed = claim(job_id, worker_name or socket.gethostname())
+    claimed = claim(job_id, worker_name or socket.gethostname(), list(earlier_claims))
     return run_claimed(claimed) if claimed is not None else None
 
 

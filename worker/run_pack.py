@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Optional
 
@@ -29,14 +30,18 @@ from worker.tensorboard import TensorBoardLog
 log = logging.getLogger("cifarq.worker")
 
 
-def execute_pack(job_ids: list[str], *, worker_name: Optional[str] = None) -> dict[str, Optional[JobStatus]]:
+def execute_pack(job_ids: list[str], *, worker_name: Optional[str] = None,
+                 earlier_claims: Sequence[str] = ()) -> dict[str, Optional[JobStatus]]:
     """Run one delivery of a pack. Returns each point's final status as written (None: nothing
-    written by this delivery: not claimed, handed back, or owned by another attempt)."""
+    written by this delivery: not claimed, handed back, or owned by another attempt).
+    `earlier_claims`: NotClaimed.tokens of this message's earlier deliveries: the points those
+    claimed before the database went away are taken up again, not left to go stale."""
     worker_name = worker_name or socket.gethostname()
     SHUTDOWN.clear()
     claimed: list[Claimed] = []
+    tokens = list(earlier_claims)
     for job_id in job_ids:
-        taken = claim(job_id, worker_name)
+        taken = claim(job_id, worker_name, tokens)
         if taken is not None:
             claimed.append(taken)
     outcome: dict[str, Optional[JobStatus]] = {job_id: None for job_id in job_ids}

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import signal
+from collections.abc import Sequence
 
 import psutil
 # Imported once in the parent so that each fresh child starts in milliseconds. Importing torch
@@ -92,23 +93,34 @@ def _hand_back_running_job(**_kwargs) -> None:
             pass
 
 
-# NotClaimed: the database was unreachable before the job was claimed. Celery sends the message
-# again after 1, 2, 4 ... 60 s, for as long as it takes, rather than ack it and leave the job
-# queued with no message. (Losing the database after the claim needs nothing here: the
-# heartbeat goes stale and the reaper re-queues the job, which resumes from its checkpoint.)
-@app.task(name=RUN_JOB_TASK, bind=True, autoretry_for=(run.NotClaimed,), max_retries=None,
-          retry_backoff=1, retry_backoff_max=60, retry_jitter=False)
-def run_job(self, job_id: str) -> None:
+# NotClaimed: the database was unreachable before the job was claimed. The message is sent
+# again after 1, 2, 4 ... 60 s, for as long as it takes, rather than acked with the job left
+# queued and no message; the retry carries the claim tokens tried so far, so that a claim whose
+# commit went through but whose reply was lost is taken up again (run.NotClaimed). (Losing the
+# database after the claim needs nothing here: the heartbeat goes stale and the reaper re-queues
+# the job, which resumes from its checkpoint.)
+def _retry_unclaimed(task, exc: run.NotClaimed, **kwargs) -> None:
+    raise task.retry(exc=exc, kwargs={**kwargs, "earlier_claims": list(exc.tokens)},
+                     countdown=min(2 ** task.request.retries, 60), max_retries=None)
+
+
+@app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self, job_id: str, earlier_claims: Sequence[str] = ()) -> None:
     # Set here, not in worker_process_init: billiard resets the child's signal handlers after
     # that hook runs, and its own handler for this signal would end the process mid-job.
     signal.signal(HAND_BACK_SIGNAL, lambda _signum, _frame: run.SHUTDOWN.set())
-    run.execute_job(job_id, worker_name=self.request.hostname)
+    try:
+        run.execute_job(job_id, worker_name=self.request.hostname, earlier_claims=earlier_claims)
+    except run.NotClaimed as exc:
+        _retry_unclaimed(self, exc, job_id=job_id)
 
 
-@app.task(name=RUN_PACK_TASK, bind=True, autoretry_for=(run.NotClaimed,), max_retries=None,
-          retry_backoff=1, retry_backoff_max=60, retry_jitter=False)
-def run_pack_of_jobs(self, job_ids: list[str]) -> None:
+@app.task(name=RUN_PACK_TASK, bind=True)
+def run_pack_of_jobs(self, job_ids: list[str], earlier_claims: Sequence[str] = ()) -> None:
     """The points of a packed sweep, trained together (worker/run_pack.py). A retry after
-    NotClaimed claims again only the points that no attempt owns."""
+    NotClaimed takes up the points that its earlier deliveries claimed, and claims the rest."""
     signal.signal(HAND_BACK_SIGNAL, lambda _signum, _frame: run.SHUTDOWN.set())
-    run_pack.execute_pack(job_ids, worker_name=self.request.hostname)
+    try:
+        run_pack.execute_pack(job_ids, worker_name=self.request.hostname, earlier_claims=earlier_claims)
+    except run.NotClaimed as exc:
+        _retry_unclaimed(self, exc, job_ids=job_ids)
