@@ -99,8 +99,9 @@ def _hand_back_running_job(**_kwargs) -> None:
 # commit went through but whose reply was lost is taken up again (run.NotClaimed). (Losing the
 # database after the claim needs nothing here: the heartbeat goes stale and the reaper re-queues
 # the job, which resumes from its checkpoint.)
-def _retry_unclaimed(task, exc: run.NotClaimed, **kwargs) -> None:
-    raise task.retry(exc=exc, kwargs={**kwargs, "earlier_claims": list(exc.tokens)},
+def _retry_unclaimed(task, exc: run.NotClaimed, jobs) -> None:
+    """`jobs`: the task's own argument (a job id, or a pack's ids), passed again as it came."""
+    raise task.retry(exc=exc, args=[jobs], kwargs={"earlier_claims": list(exc.tokens)},
                      countdown=min(2 ** task.request.retries, 60), max_retries=None)
 
 
@@ -112,7 +113,7 @@ def run_job(self, job_id: str, earlier_claims: Sequence[str] = ()) -> None:
     try:
         run.execute_job(job_id, worker_name=self.request.hostname, earlier_claims=earlier_claims)
     except run.NotClaimed as exc:
-        _retry_unclaimed(self, exc, job_id=job_id)
+        _retry_unclaimed(self, exc, job_id)
 
 
 @app.task(name=RUN_PACK_TASK, bind=True)
@@ -123,4 +124,4 @@ def run_pack_of_jobs(self, job_ids: list[str], earlier_claims: Sequence[str] = (
     try:
         run_pack.execute_pack(job_ids, worker_name=self.request.hostname, earlier_claims=earlier_claims)
     except run.NotClaimed as exc:
-        _retry_unclaimed(self, exc, job_ids=job_ids)
+        _retry_unclaimed(self, exc, job_ids)
