@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.errors import CifarqError, first_line
+from shared.errors import CifarqError, DatabaseUnreachable, first_line
 from shared.driver import HEAD_REVISION  # the newest migration: the quick read and write check it too
 from shared.settings import get_settings, redact_url
 
@@ -101,7 +101,7 @@ def _check_schema(engine: Engine) -> None:
     try:
         revision = current_revision(engine)
     except OperationalError as exc:
-        raise CifarqError(
+        raise DatabaseUnreachable(
             f"database unreachable at {redact_url(str(engine.url))}: {first_line(exc.orig)}"
         ) from exc
     if revision != HEAD_REVISION:

@@ -9,6 +9,11 @@ class CifarqError(Exception):
     exit_code = 1
 
 
+class DatabaseUnreachable(CifarqError):
+    """The database did not answer when a process first connected (shared/db.py). A worker's
+    claim retries its message on it, as on a dropped connection."""
+
+
 def first_line(exc: BaseException | None, limit: int = 300) -> str:
     """The first line of an exception's message, cut at `limit`; its type's name when it has none."""
     text = str(exc).strip() if exc is not None else ""

@@ -200,9 +200,11 @@ def test_database_away_for_a_while_the_job_carries_on(tmp_path, medium_cifar):
         drop_postgres_database(database)
 
 
-def test_a_commit_whose_reply_is_lost_writes_its_log_lines_once(tmp_path, medium_cifar):
-    """The heartbeat's transaction (progress and log lines) commits, but the connection breaks
-    before the worker hears so: it must not write the same lines again when it retries."""
+@pytest.mark.parametrize("write", [b"INSERT INTO log_lines", b"INSERT INTO results"], ids=["heartbeat", "end"])
+def test_a_commit_whose_reply_is_lost_writes_its_log_lines_once(tmp_path, medium_cifar, write):
+    """A transaction commits, but the connection breaks before the worker hears so: a heartbeat
+    (progress and log lines) must not write the same lines again when it retries; the job's end
+    (results, the last lines) must find itself written, not take the job for another attempt's."""
     proxy = CuttableProxy()
     database = make_postgres_database()
     env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
@@ -212,18 +214,21 @@ def test_a_commit_whose_reply_is_lost_writes_its_log_lines_once(tmp_path, medium
         env.start_worker()
         job_id = env.submit_train("--epochs", "10", "--lr", "0.01", "--log-every", "50")
         env.wait_until_training(job_id, steps=50)
-        proxy.lose_next_commit_reply(of=b"INSERT INTO log_lines")
-        assert proxy.reply_lost.wait(60), "no transaction wrote log lines"
+        proxy.lose_next_commit_reply(of=write)
+        assert proxy.reply_lost.wait(120), f"no transaction sent {write!r}"
         assert env.cli("wait", job_id, "--timeout", "300").returncode == 0
         status = env.cli_json("status", job_id)
         assert status["status"] == "succeeded" and status["attempts"] == 1, status
-        printed = [line for line in env.cli("logs", job_id).stdout.splitlines()
-                   if line.startswith("[") and "loss:" in line]
+        log = env.cli("logs", job_id).stdout.splitlines()
+        printed = [line for line in log if line.startswith("[") and "loss:" in line]
         twice = [line for line, n in Counter(printed).items() if n > 1]
         assert not twice, f"written twice: {twice}"
         assert len(printed) == 10 * (status["progress"]["steps_per_epoch"] // 50), "log lines were lost"
+        assert sum(line.startswith("Accuracy of the network") for line in log) == 1, log[-15:]
         worker_log = env.workers[0].log_path.read_text()
         assert "heartbeat of job" in worker_log or "database unreachable" in worker_log, "the worker saw a failure"
+        assert "another attempt owns it" not in worker_log
+        assert len(env.cli_json("results", job_id)["per_class"]) == 10, "per-class results written once"
     finally:
         env.stop_workers()
         proxy.cut()
@@ -263,6 +268,32 @@ def test_a_claim_whose_reply_is_lost_is_taken_up_by_the_message_s_retry(tmp_path
             assert all(s["packed_with"] == 2 for s in statuses), (statuses, env.workers[0].log_path.read_text()[-5000:])
         assert "database unreachable" in env.workers[0].log_path.read_text() or \
             "Retry in" in env.workers[0].log_path.read_text(), "the worker saw the claim fail"
+    finally:
+        env.stop_workers()
+        proxy.cut()
+        drop_postgres_database(database)
+
+
+def test_a_message_that_cannot_be_claimed_is_retried_for_as_long_as_the_database_is_away(tmp_path, medium_cifar):
+    """Claims fail for 20 s: the message is retried (after 1, 2, 4, 8 s ...) past Celery's
+    default limit of 3 retries, and the job runs, once, when the database is back."""
+    proxy = CuttableProxy()
+    database = make_postgres_database()
+    env, _ = make_env("sqlite", tmp_path / "home", medium_cifar)
+    env.vars.update(CIFARQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}")
+    direct = {"CIFARQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"}
+    try:
+        env.cli("db", "upgrade")
+        env.start_worker()
+        proxy.cut()
+        job_id = env.cli_json("submit", "train", "--epochs", "1", "--lr", "0.01", extra_env=direct)["id"]
+        time.sleep(20)
+        proxy.restore()
+        waited = env.cli("wait", job_id, "--timeout", "90", extra_env=direct, check=False)
+        assert waited.returncode == 0, env.workers[0].log_path.read_text()[-6000:]
+        status = env.cli_json("status", job_id, extra_env=direct)
+        assert status["status"] == "succeeded" and status["attempts"] == 1, status
+        assert env.workers[0].log_path.read_text().count("Retry in") >= 4
     finally:
         env.stop_workers()
         proxy.cut()

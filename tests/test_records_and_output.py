@@ -78,6 +78,26 @@ def test_a_job_s_end_retried_after_its_reply_was_lost_is_written_once(env, datab
         finish(session=session, claim=stranger, status=JobStatus.failed, error="late")
 
 
+def test_a_claim_taken_up_by_its_message_s_retry_gets_the_retry_s_token(env, database):
+    # The retry of a message whose claim's reply was lost takes the job up as the same attempt,
+    # under its own token: the same message delivered once more (its process died) carries the
+    # same earlier tokens, and must not take the job up again uncounted (the reaper decides).
+    from shared.models import Job
+    from worker.records import claim_job
+
+    job_id = env.submit_train("--epochs", "1")
+    claim = dict(job_id=job_id, worker="w1", stale_after=60, max_attempts=3)
+    with database.session_scope() as session:
+        lost = claim_job(session=session, token="a" * 32, **claim)
+    with database.session_scope() as session:
+        retry = claim_job(session=session, token="b" * 32, earlier_tokens=["a" * 32], **claim)
+    assert (retry.token, retry.attempt) == ("b" * 32, lost.attempt) == ("b" * 32, 1)
+    with database.session_scope() as session:
+        assert claim_job(session=session, token="c" * 32, earlier_tokens=["a" * 32], **claim) is None
+        job = session.get(Job, job_id)
+        assert (job.attempt_token, job.attempts) == ("b" * 32, 1)
+
+
 def test_a_delivery_takes_over_a_running_job_whose_heartbeat_is_stale(env, database):
     # A message delivered again (Redis's visibility timeout, a reaper's re-send) for a job whose
     # worker went silent: the claim compares the stored heartbeat with the database's clock.

@@ -39,14 +39,23 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
 
     `earlier_tokens`: the tokens that earlier deliveries of this same message claimed with
     before they lost the database. A job running under one of them is this message's own claim
-    whose commit went through but whose reply was lost: it is taken up again, as the same attempt.
+    whose commit went through but whose reply was lost: it is taken up again, as the same attempt,
+    under this delivery's token. (The new token matters: the message, redelivered after this
+    delivery's process died, carries the same earlier tokens; it must find the job under a token
+    it does not know, so that the reaper, not a take-up, decides, and the attempt is counted.)
     """
     job = session.get(Job, job_id)
     if job is None or job.status.is_final:
         return None
-    if job.status == JobStatus.running and job.attempt_token in earlier_tokens:
-        return Claim(job_id, job.attempt_token, job.attempts)
+    token = token or uuid.uuid4().hex
     now = database_now(session)
+    if job.status == JobStatus.running and job.attempt_token in earlier_tokens:
+        taken_up = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running,
+                              Job.attempt_token == job.attempt_token)
+            .values(attempt_token=token, worker=worker, heartbeat_at=now)
+            .execution_options(synchronize_session=False)).rowcount
+        return Claim(job_id, token, job.attempts) if taken_up == 1 else None
     stale = now - timedelta(seconds=stale_after)
     if job.status == JobStatus.running and job.heartbeat_at and as_utc(job.heartbeat_at) > stale:
         return None
@@ -57,7 +66,6 @@ def claim_job(*, session: Session, job_id: str, worker: str, stale_after: float,
         _finish_unowned(session, job_id, JobStatus.failed,
                         f"gave up after {job.attempts} attempts: the worker died or stopped each time")
         return None
-    token = token or uuid.uuid4().hex
     claimed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempts == job.attempts,

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from shared.cifar_files import ALL_FILES, META_FILE, TEST_FILES
 from shared.db import retry_while_unreachable, session_scope
-from shared.errors import CifarqError, first_line
+from shared.errors import CifarqError, DatabaseUnreachable, first_line
 from shared.jobs import latest_checkpoint
 from shared.jobspec import EvaluateConfig, TrainConfig
 from shared.metrics import accuracy
@@ -225,7 +225,7 @@ def claim(job_id: str, worker_name: str, tokens: list[str]) -> Optional[Claimed]
                                       max_attempts=settings.max_attempts)
             job = session.get(Job, job_id) if taken else None
             claimed = Claimed(taken, job.kind, job.params, job.queue) if job else None
-    except (OperationalError, InterfaceError) as exc:
+    except (OperationalError, InterfaceError, DatabaseUnreachable) as exc:  # the last: a new process's first connect
         raise NotClaimed(job_id, tuple(tokens)) from exc
     if claimed is None:
         log.info("job %s: nothing to do for this delivery", job_id)
@@ -406,13 +406,14 @@ def record_evaluation(run: JobRun, model, device: torch.device, data_dir: Path,
         run.log(f"Accuracy for class: {name:5s} is {100 * accuracy(row[i], sum(row)):.1f} %")
     run.stop_heartbeat()
 
-    def write() -> None:
-        run.flush()
-        with session_scope() as session:
-            latest = latest_checkpoint(session=session, job_id=run.claim.job_id)
-            records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
-                                     classes=result.classes, samples=result.samples,
-                                     checkpoint_id=checkpoint_id or (latest.id if latest else None))
+    def finish(session: Session) -> None:
+        latest = latest_checkpoint(session=session, job_id=run.claim.job_id)
+        records.finish_succeeded(session=session, claim=run.claim, confusion=result.confusion,
+                                 classes=result.classes, samples=result.samples,
+                                 checkpoint_id=checkpoint_id or (latest.id if latest else None))
 
-    retry_while_unreachable(write, what=f"results of job {run.claim.job_id}")
+    # The results and the last log lines in one transaction, with no heartbeat before them: a
+    # retry after a lost reply finds the job succeeded under its own token (records._ended_by),
+    # where a heartbeat would have taken it for a lost lease.
+    retry_while_unreachable(lambda: run.write_with_lines(finish), what=f"results of job {run.claim.job_id}")
     return result.accuracy

@@ -102,10 +102,11 @@ def _hand_back_running_job(**_kwargs) -> None:
 def _retry_unclaimed(task, exc: run.NotClaimed, jobs) -> None:
     """`jobs`: the task's own argument (a job id, or a pack's ids), passed again as it came."""
     raise task.retry(exc=exc, args=[jobs], kwargs={"earlier_claims": list(exc.tokens)},
-                     countdown=min(2 ** task.request.retries, 60), max_retries=None)
+                     countdown=min(2 ** task.request.retries, 60))
 
 
-@app.task(name=RUN_JOB_TASK, bind=True)
+# max_retries=None here: for as long as it takes (retry(max_retries=None) means the default, 3).
+@app.task(name=RUN_JOB_TASK, bind=True, max_retries=None)
 def run_job(self, job_id: str, earlier_claims: Sequence[str] = ()) -> None:
     # Set here, not in worker_process_init: billiard resets the child's signal handlers after
     # that hook runs, and its own handler for this signal would end the process mid-job.
@@ -116,7 +117,7 @@ def run_job(self, job_id: str, earlier_claims: Sequence[str] = ()) -> None:
         _retry_unclaimed(self, exc, job_id)
 
 
-@app.task(name=RUN_PACK_TASK, bind=True)
+@app.task(name=RUN_PACK_TASK, bind=True, max_retries=None)
 def run_pack_of_jobs(self, job_ids: list[str], earlier_claims: Sequence[str] = ()) -> None:
     """The points of a packed sweep, trained together (worker/run_pack.py). A retry after
     NotClaimed takes up the points that its earlier deliveries claimed, and claims the rest."""
