@@ -109,8 +109,12 @@ def record_provenance(*, session: Session, claim: Claim, provenance: dict) -> No
     _owned(session, claim, provenance=provenance)
 
 
-def add_log_lines(*, session: Session, job_id: str, lines: list[str]) -> None:
-    session.add_all(LogLine(job_id=job_id, line=line) for line in lines)
+def add_log_lines(*, session: Session, job_id: str, lines: list[str]) -> Optional[int]:
+    """Returns the id of the newest line written (None when there were none)."""
+    rows = [LogLine(job_id=job_id, line=line) for line in lines]
+    session.add_all(rows)
+    session.flush()  # the ids, from the INSERT's own RETURNING: no query of their own
+    return max((row.id for row in rows), default=None)
 
 
 def newest_log_line_id(*, session: Session, job_id: str) -> int:

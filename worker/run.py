@@ -160,8 +160,9 @@ class JobRun:
                         already = records.count_log_lines_after(session=session, job_id=self.claim.job_id,
                                                                 line_id=self._newest_line_id)
                     if lines:
-                        records.add_log_lines(session=session, job_id=self.claim.job_id, lines=lines[already:])
-                        newest = records.newest_log_line_id(session=session, job_id=self.claim.job_id)
+                        newest = records.add_log_lines(session=session, job_id=self.claim.job_id,
+                                                       lines=lines[already:]) \
+                            or records.newest_log_line_id(session=session, job_id=self.claim.job_id)  # all in already
             except BaseException:
                 self._maybe_written = True
                 raise
